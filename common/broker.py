@@ -1,0 +1,248 @@
+"""RabbitMQ topology, publishing with confirms, and the consumer adapter every worker uses.
+
+The topology is declared here once and idempotently by every service at start-up, so whichever
+process starts first, a publish is always routed to the queues that need it.
+"""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import aio_pika
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from aiohttp import web
+from pydantic import ValidationError
+
+from common.contracts import Contract
+from common.health import READINESS_CHECKS
+from common.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+PUBLISH_TIMEOUT_SECONDS = 5.0
+
+ContractT = TypeVar("ContractT", bound=Contract)
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    name: str
+    bindings: tuple[str, ...]
+
+    @property
+    def dead_letter_name(self) -> str:
+        return f"{self.name}.dead-letter"
+
+
+class Topology:
+    """Every exchange and queue name, prefixed by the deployment's namespace."""
+
+    def __init__(self, namespace: str = "") -> None:
+        prefix = f"{namespace}." if namespace else ""
+        self.exchange = f"{prefix}messaging"
+        self.dead_letter_exchange = f"{prefix}messaging.dead-letter"
+        self.sms_outbound = QueueSpec(f"{prefix}sms_service.outbound", ("outbound.sms", "outbound.mms"))
+        self.email_outbound = QueueSpec(f"{prefix}email_service.outbound", ("outbound.email",))
+        self.conversation_events = QueueSpec(
+            f"{prefix}conversation_service.events", ("outbound.*", "inbound.*", "status.*")
+        )
+
+    @property
+    def queues(self) -> tuple[QueueSpec, ...]:
+        return (self.sms_outbound, self.email_outbound, self.conversation_events)
+
+
+async def declare_topology(
+    channel: AbstractChannel, topology: Topology, delivery_limit: int
+) -> AbstractExchange:
+    exchange = await channel.declare_exchange(topology.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+    dead_letters = await channel.declare_exchange(
+        topology.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    for spec in topology.queues:
+        # Quorum queues count deliveries, so a message that keeps failing is dead-lettered after
+        # `delivery_limit` attempts instead of looping forever.
+        queue = await channel.declare_queue(
+            spec.name,
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-delivery-limit": delivery_limit,
+                "x-dead-letter-exchange": topology.dead_letter_exchange,
+                "x-dead-letter-routing-key": spec.name,
+            },
+        )
+        for routing_key in spec.bindings:
+            await queue.bind(exchange, routing_key)
+        dead_letter_queue = await channel.declare_queue(spec.dead_letter_name, durable=True)
+        await dead_letter_queue.bind(dead_letters, spec.name)
+    return exchange
+
+
+class BrokerUnavailable(Exception):
+    """The broker did not confirm a publish: the message is not safely queued."""
+
+
+class Publisher:
+    def __init__(self, exchange: AbstractExchange) -> None:
+        self._exchange = exchange
+
+    async def publish(self, contract: Contract) -> None:
+        message = aio_pika.Message(
+            body=contract.model_dump_json().encode(),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=str(contract.event_id),
+            correlation_id=str(contract.correlation_id),
+            type=getattr(contract, "kind", None),
+            timestamp=contract.occurred_at,
+        )
+        try:
+            # The channel has publisher confirms on and raises on a returned (unroutable) message,
+            # so returning from here means the broker has the message on disk in every bound queue.
+            await self._exchange.publish(
+                message, routing_key=contract.routing_key, mandatory=True, timeout=PUBLISH_TIMEOUT_SECONDS
+            )
+        except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, ConnectionError,
+                TimeoutError, RuntimeError) as error:
+            raise BrokerUnavailable(f"broker did not confirm {contract.routing_key}: {error!r}") from error
+
+
+@dataclass
+class Broker:
+    connection: AbstractRobustConnection
+    channel: AbstractChannel
+    topology: Topology
+    publisher: Publisher
+
+    def is_ready(self) -> bool:
+        return not self.connection.is_closed and not self.channel.is_closed
+
+
+BROKER = web.AppKey("broker", Broker)
+
+
+def broker_ctx(settings: ServiceSettings) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        connection = await aio_pika.connect_robust(settings.amqp_url)
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            await channel.set_qos(prefetch_count=settings.consumer_prefetch)
+            topology = Topology(settings.broker_namespace)
+            exchange = await declare_topology(channel, topology, settings.delivery_limit)
+            app[BROKER] = Broker(connection, channel, topology, Publisher(exchange))
+            app[READINESS_CHECKS]["broker"] = _as_check(app[BROKER].is_ready)
+            yield
+        finally:
+            await connection.close()
+
+    return ctx
+
+
+def _as_check(predicate: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return predicate()
+
+    return check
+
+
+class Consumer(Generic[ContractT]):
+    """Feeds one queue's messages to a handler that knows nothing of AMQP.
+
+    A message that does not parse into the contract can never succeed: it is rejected to the
+    dead-letter queue at once. A handler failure is nacked back to the queue after a pause (the
+    quorum queue's delivery limit dead-letters it if it keeps failing). Ack comes only after the
+    handler returned, that is after its effect is durable.
+    """
+
+    def __init__(
+        self,
+        queue: AbstractQueue,
+        parse: Callable[[bytes], ContractT],
+        handler: Callable[[ContractT], Awaitable[Any]],
+        *,
+        redelivery_delay: float = 1.0,
+    ) -> None:
+        self._queue = queue
+        self._parse = parse
+        self._handler = handler
+        self._redelivery_delay = redelivery_delay
+        self._consumer_tag: str | None = None
+        self._in_flight: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        self._consumer_tag = await self._queue.consume(self._on_message)
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Stop taking messages and give the ones in hand `grace_seconds` to finish.
+
+        What is still running then is cancelled unacked, so the broker hands it out again.
+        """
+        if self._consumer_tag is not None:
+            try:
+                await self._queue.cancel(self._consumer_tag)
+            except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, RuntimeError):
+                log.warning("consumer cancel failed", extra={"queue": self._queue.name})
+        if self._in_flight:
+            _, unfinished = await asyncio.wait(self._in_flight, timeout=grace_seconds)
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_flight.add(task)
+        try:
+            await self._process(message)
+        finally:
+            self._in_flight.discard(task)
+
+    async def _process(self, message: AbstractIncomingMessage) -> None:
+        context = {"queue": self._queue.name, "amqp_message_id": message.message_id,
+                   "correlation_id": message.correlation_id, "routing_key": message.routing_key}
+        try:
+            contract = self._parse(message.body)
+        except ValidationError as error:
+            log.error("dead-lettering a message that breaks the contract",
+                      extra={**context, "errors": error.errors(include_url=False, include_context=False)})
+            await message.reject(requeue=False)
+            return
+        try:
+            await self._handler(contract)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("handler failed; message goes back to the queue", extra=context)
+            await asyncio.sleep(self._redelivery_delay)
+            await message.nack(requeue=True)
+            return
+        await message.ack()
+
+
+def consumer_ctx(
+    settings: ServiceSettings,
+    queue_spec: Callable[[Topology], QueueSpec],
+    parse: Callable[[bytes], ContractT],
+    make_handler: Callable[[web.Application], Callable[[ContractT], Awaitable[Any]]],
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup_ctx that consumes one queue for the app's lifetime; needs `broker_ctx` before it."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        broker = app[BROKER]
+        queue = await broker.channel.get_queue(queue_spec(broker.topology).name, ensure=True)
+        consumer = Consumer(queue, parse, make_handler(app))
+        await consumer.start()
+        yield
+        await consumer.stop(settings.shutdown_grace_seconds)
+
+    return ctx

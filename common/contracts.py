@@ -1,0 +1,140 @@
+"""Message contracts on the bus: the one definition every service imports.
+
+Commands are imperative (`SendMessage`), events past tense (`MessageReceived`,
+`MessageStatusChanged`). Every contract is frozen, forbids unknown fields, carries its own `kind`
+(so one queue can hold several contracts), an id, a correlation id, when it happened and a schema
+version, and knows the routing key it is published under.
+"""
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+# Ids that must be the same however often they are computed (a webhook retried by its provider, a
+# send repeated with one Idempotency-Key) are UUIDv5 in this namespace.
+MESSAGE_ID_NAMESPACE = uuid.UUID("8f1c6f0e-3d4b-5c2a-9e7f-6a1b2c3d4e5f")
+
+
+class Channel(StrEnum):
+    SMS = "sms"
+    MMS = "mms"
+    EMAIL = "email"
+
+
+class Direction(StrEnum):
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+class MessageStatus(StrEnum):
+    QUEUED = "queued"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    RECEIVED = "received"
+
+
+# A status only ever moves to a higher rank; delivered, failed and received are final.
+STATUS_RANK: dict[MessageStatus, int] = {
+    MessageStatus.QUEUED: 0,
+    MessageStatus.SENT: 1,
+    MessageStatus.DELIVERED: 2,
+    MessageStatus.FAILED: 2,
+    MessageStatus.RECEIVED: 2,
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def outbound_message_id(idempotency_key: str | None) -> uuid.UUID:
+    if idempotency_key is None:
+        return uuid.uuid4()
+    return uuid.uuid5(MESSAGE_ID_NAMESPACE, f"idempotency-key:{idempotency_key}")
+
+
+def inbound_message_id(provider: str, provider_message_id: str) -> uuid.UUID:
+    return uuid.uuid5(MESSAGE_ID_NAMESPACE, f"{provider}:{provider_message_id}")
+
+
+class Contract(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = 1
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    correlation_id: uuid.UUID
+    occurred_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def routing_key(self) -> str:
+        raise NotImplementedError
+
+
+class MessageContent(BaseModel):
+    """What a message says and between whom, in either direction, with addresses normalized."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    channel: Channel
+    from_address: str
+    to_address: str
+    body: str
+    attachments: tuple[str, ...] = ()
+    timestamp: datetime
+
+
+class SendMessage(Contract):
+    """A client asked to send a message: the channel service sends it, the conversation service stores it."""
+
+    kind: Literal["send_message"] = "send_message"
+    message_id: uuid.UUID
+    content: MessageContent
+
+    @property
+    def routing_key(self) -> str:
+        return f"outbound.{self.content.channel}"
+
+
+class MessageReceived(Contract):
+    """A provider told us, through a webhook, of a message sent to one of our addresses."""
+
+    kind: Literal["message_received"] = "message_received"
+    message_id: uuid.UUID
+    provider: str
+    provider_message_id: str
+    content: MessageContent
+
+    @property
+    def routing_key(self) -> str:
+        return f"inbound.{self.content.channel}"
+
+
+class MessageStatusChanged(Contract):
+    """A channel service's outcome for a send.
+
+    It carries the original command so that the conversation service can store the message even
+    when this event overtakes the `SendMessage` it answers.
+    """
+
+    kind: Literal["message_status_changed"] = "message_status_changed"
+    message_id: uuid.UUID
+    status: Literal[MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.FAILED]
+    provider: str
+    provider_message_id: str | None = None
+    attempts: int = Field(ge=0)
+    error: str | None = None
+    command: SendMessage
+
+    @property
+    def routing_key(self) -> str:
+        return f"status.{self.command.content.channel}"
+
+
+MessageEvent = Annotated[SendMessage | MessageReceived | MessageStatusChanged, Field(discriminator="kind")]
+message_event_adapter: TypeAdapter[SendMessage | MessageReceived | MessageStatusChanged] = TypeAdapter(
+    MessageEvent
+)

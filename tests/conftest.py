@@ -1,0 +1,76 @@
+"""Fixtures for the integration and end-to-end tiers: a database and a broker namespace of the tests' own.
+
+Tests never touch a developer's data: they use the database named by TEST_DATABASE_URL (created
+fresh for each run) and queue names under a random namespace, removed afterwards. A missing
+PostgreSQL or RabbitMQ is an error, never a skip.
+"""
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import aio_pika
+import psycopg2
+import pytest
+
+from common.broker import Topology
+from common.settings import DatabaseSettings
+
+TEST_DATABASE_URL = os.environ.get(
+    "TEST_DATABASE_URL",
+    "postgresql://messaging_user:messaging_password@127.0.0.1:5432/messaging_service_test",
+)
+TEST_AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+DATABASE_ADMIN_URL = os.environ.get("DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def database_settings() -> DatabaseSettings:
+    return DatabaseSettings(database_url=TEST_DATABASE_URL, database_admin_url=DATABASE_ADMIN_URL)
+
+
+@pytest.fixture(scope="session")
+def migrated_database(database_settings: DatabaseSettings) -> str:
+    """A freshly created and migrated test database; its URL."""
+    from conversation_service.migrate import create_role_and_database, drop_database, upgrade
+
+    drop_database(database_settings)
+    create_role_and_database(database_settings)
+    upgrade(database_settings.database_url)
+    return database_settings.database_url
+
+
+@pytest.fixture
+def database_url(migrated_database: str) -> Iterator[str]:
+    """The test database, emptied before each test so ids start at 1 again."""
+    with psycopg2.connect(migrated_database) as connection, connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT string_agg(quote_ident(tablename), ', ') FROM pg_tables "
+            "WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+        )
+        (tables,) = cursor.fetchone()
+        if tables:
+            cursor.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+    connection.close()
+    yield migrated_database
+
+
+@pytest.fixture
+def amqp_url() -> str:
+    return TEST_AMQP_URL
+
+
+@pytest.fixture
+async def broker_namespace(amqp_url: str) -> AsyncIterator[str]:
+    """A namespace of this test's own; its exchanges and queues are deleted afterwards."""
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    yield namespace
+    topology = Topology(namespace)
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for spec in topology.queues:
+            for name in (spec.name, spec.dead_letter_name):
+                await channel.queue_delete(name)
+        for name in (topology.exchange, topology.dead_letter_exchange):
+            await channel.exchange_delete(name)
