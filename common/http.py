@@ -3,16 +3,15 @@
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from common.broker import BrokerUnavailable
 
 log = logging.getLogger(__name__)
 
-ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class ServiceError(Exception):
@@ -28,6 +27,11 @@ class ServiceError(Exception):
 class InvalidRequest(ServiceError):
     status = 422
     code = "invalid_request"
+
+
+class MalformedRequest(ServiceError):
+    status = 400
+    code = "malformed_request"
 
 
 class NotFound(ServiceError):
@@ -48,20 +52,23 @@ class ServiceUnavailable(ServiceError):
 def validation_details(error: ValidationError) -> list[dict[str, Any]]:
     """One entry per field at fault, with the field's dotted path and the reason in words."""
     return [
-        {"field": ".".join(str(part) for part in item["loc"]) or "body", "reason": item["msg"]}
+        {
+            "field": ".".join(str(part) for part in item["loc"]) or "request",
+            "reason": item["msg"].removeprefix("Value error, "),
+        }
         for item in error.errors(include_url=False, include_context=False)
     ]
 
 
-async def parse_json_body(request: web.Request, model: type[ModelT]) -> ModelT:
+async def read_json(request: web.Request) -> Any:
     raw = await request.read()
     try:
         document = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InvalidRequest(
+        raise MalformedRequest(
             "request body is not valid JSON", [{"field": "body", "reason": str(error)}]
         ) from error
-    return model.model_validate(document)
+    return document
 
 
 def error_body(code: str, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
-    host: str = Field("127.0.0.1", description="Interface the HTTP server binds to")
+    bind_host: str = Field("127.0.0.1", description="Interface the HTTP server binds to")
     amqp_url: str = Field("amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ connection URL")
     broker_namespace: str = Field(
         "",

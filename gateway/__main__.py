@@ -1,0 +1,15 @@
+from aiohttp import web
+
+from common.logs import configure_logging
+from gateway.app import create_app
+from gateway.settings import GatewaySettings
+
+
+def main() -> None:
+    settings = GatewaySettings()
+    configure_logging("gateway", settings.log_level)
+    web.run_app(create_app(settings), host=settings.bind_host, port=settings.gateway_port, print=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+from pydantic import Field
+
+from common.settings import ServiceSettings
+from gateway.requests import ValidationRules
+
+
+class GatewaySettings(ServiceSettings):
+    gateway_port: int = 8080
+    conversation_service_url: str = Field(
+        "http://127.0.0.1:8083", description="Where the read API is served; the gateway proxies reads to it"
+    )
+    read_timeout_seconds: float = Field(10.0, gt=0)
+    max_request_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies get 413")
+    default_phone_region: str = Field(
+        "US", description="Region assumed for phone numbers written without a + country code"
+    )
+    sms_body_max_chars: int = Field(1600, ge=1, description="Longest SMS/MMS body accepted (Twilio's limit)")
+    email_body_max_chars: int = Field(1_000_000, ge=1)
+    max_attachments: int = Field(10, ge=0)
+
+    @property
+    def validation_rules(self) -> ValidationRules:
+        return ValidationRules(
+            default_phone_region=self.default_phone_region,
+            sms_body_max_chars=self.sms_body_max_chars,
+            email_body_max_chars=self.email_body_max_chars,
+            max_attachments=self.max_attachments,
+        )
