@@ -8,7 +8,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import aio_pika
 import aiormq
@@ -86,6 +86,12 @@ async def declare_topology(
         dead_letter_queue = await channel.declare_queue(spec.dead_letter_name, durable=True)
         await dead_letter_queue.bind(dead_letters, spec.name)
     return exchange
+
+
+class ContractPublisher(Protocol):
+    """What a handler needs to publish; `Publisher` in production, a list-backed fake in tests."""
+
+    async def publish(self, contract: Contract) -> None: ...
 
 
 class BrokerUnavailable(Exception):

@@ -1,0 +1,365 @@
+"""Sending a message through a provider's HTTP API, and the channel service built around it.
+
+Retry lives here, around the one HTTP call and nowhere else: a transient failure (429, 5xx, a
+connection error, a timeout) is retried with exponential backoff and full jitter, waiting at least
+what the provider's `Retry-After` asks, until the attempts or the total deadline run out; any other
+4xx fails at once. Every attempt carries the message id as `Idempotency-Key`, so a retry, or a
+redelivery of the whole command, never sends twice.
+"""
+
+import asyncio
+import json
+import logging
+import math
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any, Generic, Literal, Protocol, Self, TypeVar
+
+import aiohttp
+from aiohttp import web
+from pydantic import Field
+from pydantic_settings import BaseSettings
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_random_exponential,
+)
+
+from common.broker import BROKER, ContractPublisher, QueueSpec, Topology, broker_ctx, consumer_ctx
+from common.contracts import MessageStatus, MessageStatusChanged, SendMessage, utcnow
+from common.health import add_health_routes
+from common.http import error_middleware
+from common.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+SMS_PROVIDER = "sms-provider"
+EMAIL_PROVIDER = "email-provider"
+
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+
+# Enough of an error page to say what went wrong, not so much that it bloats the status event.
+MAX_REASON_CHARS = 300
+
+
+class ProviderRetrySettings(BaseSettings):
+    """Knobs of the provider call; mixed into each channel service's settings."""
+
+    provider_max_attempts: int = Field(5, ge=1, description="Attempts per message, the first included")
+    provider_backoff_initial_seconds: float = Field(
+        0.2, ge=0, description="Upper bound of the first random backoff; it doubles with every attempt"
+    )
+    provider_backoff_max_seconds: float = Field(10.0, ge=0, description="Largest backoff between attempts")
+    provider_retry_after_cap_seconds: float = Field(
+        30.0, ge=0, description="Longest wait a provider's Retry-After can impose"
+    )
+    provider_deadline_seconds: float = Field(
+        60.0, gt=0, description="No attempt starts later than this after the first one"
+    )
+    provider_timeout_seconds: float = Field(10.0, gt=0, description="Time limit of one HTTP attempt")
+
+
+class ProviderError(Exception):
+    """The provider did not take the message."""
+
+    def __init__(self, reason: str, status: int | None = None) -> None:
+        super().__init__(f"provider answered HTTP {status}: {reason}" if status is not None else reason)
+        self.reason = reason
+        self.status = status
+
+
+class TransientProviderError(ProviderError):
+    """Worth another try: rate limited, a server error, unreachable or too slow."""
+
+    def __init__(self, reason: str, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(reason, status)
+        self.retry_after = retry_after
+
+
+class PermanentProviderError(ProviderError):
+    """The provider refused the message itself; sending it again would get the same answer."""
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a `Retry-After` header, which holds either seconds or an HTTP date."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        # RFC 5322 reads "-0000" as UTC with no offset known, which Python gives back naive.
+        seconds = (when.replace(tzinfo=when.tzinfo or UTC) - utcnow()).total_seconds()
+    return max(seconds, 0.0) if math.isfinite(seconds) else None
+
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int
+    backoff_initial_seconds: float
+    backoff_max_seconds: float
+    retry_after_cap_seconds: float
+    deadline_seconds: float
+    sleep: Sleep = asyncio.sleep
+
+    @classmethod
+    def from_settings(cls, settings: ProviderRetrySettings) -> Self:
+        return cls(
+            max_attempts=settings.provider_max_attempts,
+            backoff_initial_seconds=settings.provider_backoff_initial_seconds,
+            backoff_max_seconds=settings.provider_backoff_max_seconds,
+            retry_after_cap_seconds=settings.provider_retry_after_cap_seconds,
+            deadline_seconds=settings.provider_deadline_seconds,
+        )
+
+    def retrying(self, before_sleep: Callable[[RetryCallState], None]) -> AsyncRetrying:
+        backoff = wait_random_exponential(multiplier=self.backoff_initial_seconds, max=self.backoff_max_seconds)
+
+        def wait(state: RetryCallState) -> float:
+            seconds = backoff(state)
+            error = state.outcome.exception() if state.outcome is not None else None
+            if isinstance(error, TransientProviderError) and error.retry_after is not None:
+                seconds = max(seconds, min(error.retry_after, self.retry_after_cap_seconds))
+            return seconds
+
+        return AsyncRetrying(
+            sleep=self.sleep,
+            retry=retry_if_exception_type(TransientProviderError),
+            wait=wait,
+            # stop_before_delay counts the coming wait, so no attempt starts past the deadline.
+            stop=stop_after_attempt(self.max_attempts) | stop_before_delay(self.deadline_seconds),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    status: Literal[MessageStatus.SENT, MessageStatus.FAILED]
+    attempts: int
+    provider_message_id: str | None = None
+    error: str | None = None
+
+    @classmethod
+    def sent(cls, provider_message_id: str, attempts: int) -> Self:
+        return cls(MessageStatus.SENT, attempts, provider_message_id=provider_message_id)
+
+    @classmethod
+    def failed(cls, error: str, attempts: int) -> Self:
+        return cls(MessageStatus.FAILED, attempts, error=error)
+
+
+class MessageSender(Protocol):
+    async def send(self, command: SendMessage) -> SendOutcome: ...
+
+
+@dataclass(frozen=True)
+class ProviderRequest:
+    """One provider's send request: a form (`form`, repeated keys allowed) or a JSON document (`json`)."""
+
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    form: Sequence[tuple[str, str]] | None = None
+    json: Any = None
+
+
+def load_json(body: bytes) -> Any:
+    """The JSON document in a response body, or None when there is none."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def json_text_field(body: bytes, name: str) -> str | None:
+    """A non-empty string member of the JSON object in `body`, if it has one."""
+    document = load_json(body)
+    value = document.get(name) if isinstance(document, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+SettingsT = TypeVar("SettingsT", bound=ProviderRetrySettings)
+
+
+class ProviderClient(ABC, Generic[SettingsT]):
+    """Sends messages through one provider's HTTP API, with retry; owns its HTTP session.
+
+    A subclass says how its provider's request looks and where the answer keeps the message id.
+    """
+
+    def __init__(self, settings: SettingsT, *, retry: RetryPolicy | None = None) -> None:
+        self.settings = settings
+        self._retry = retry or RetryPolicy.from_settings(settings)
+        self._timeout_seconds = settings.provider_timeout_seconds
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout_seconds))
+
+    @abstractmethod
+    def build_request(self, command: SendMessage) -> ProviderRequest: ...
+
+    @abstractmethod
+    def message_id(self, headers: Mapping[str, str], body: bytes) -> str | None:
+        """The provider's id for the message it accepted, read from its success answer (headers match
+        case-insensitively)."""
+
+    def error_reason(self, body: bytes) -> str | None:
+        """The provider's explanation in an error answer; the raw body is used when this gives None."""
+        return None
+
+    async def send(self, command: SendMessage) -> SendOutcome:
+        request = self.build_request(command)
+        headers = {**request.headers, IDEMPOTENCY_KEY_HEADER: str(command.message_id)}
+        attempts = 0
+
+        async def attempt() -> str:
+            nonlocal attempts
+            attempts += 1
+            return await self._post(request, headers)
+
+        retrying = self._retry.retrying(before_sleep=lambda state: _log_retry(command, state))
+        try:
+            provider_message_id = await retrying(attempt)
+        except ProviderError as error:
+            return SendOutcome.failed(str(error), attempts)
+        return SendOutcome.sent(provider_message_id, attempts)
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def _post(self, request: ProviderRequest, headers: Mapping[str, str]) -> str:
+        try:
+            async with self._session.post(
+                request.url, headers=headers, data=request.form, json=request.json
+            ) as response:
+                body = await response.read()
+        except TimeoutError as error:
+            raise TransientProviderError(f"no answer within {self._timeout_seconds:g}s") from error
+        except aiohttp.ClientError as error:
+            raise TransientProviderError(f"request failed: {type(error).__name__}: {error}") from error
+        status = response.status
+        if 200 <= status < 300:
+            provider_message_id = self.message_id(response.headers, body)
+            if provider_message_id is None:
+                raise PermanentProviderError("accepted, but the answer holds no message id", status)
+            return provider_message_id
+        reason = self.error_reason(body) or body.decode("utf-8", "replace").strip() or "no reason given"
+        reason = reason[:MAX_REASON_CHARS]
+        if status == 429 or status >= 500:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            raise TransientProviderError(reason, status, retry_after)
+        raise PermanentProviderError(reason, status)
+
+
+def _log_retry(command: SendMessage, state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome is not None else None
+    log.warning(
+        "provider attempt failed; retrying",
+        extra={
+            "message_id": str(command.message_id),
+            "correlation_id": str(command.correlation_id),
+            "attempt": state.attempt_number,
+            "wait_seconds": round(state.upcoming_sleep, 3),
+            "error": str(error),
+        },
+    )
+
+
+class SendHandler:
+    """Sends one `SendMessage` through the provider and publishes the outcome as `MessageStatusChanged`.
+
+    A publish failure propagates, so the command is redelivered and sent again; the provider sees
+    the same idempotency key and answers with the original result instead of sending twice.
+    """
+
+    def __init__(self, provider: MessageSender, publisher: ContractPublisher, provider_name: str) -> None:
+        self._provider = provider
+        self._publisher = publisher
+        self._provider_name = provider_name
+
+    async def __call__(self, command: SendMessage) -> None:
+        outcome = await self._provider.send(command)
+        event = MessageStatusChanged(
+            correlation_id=command.correlation_id,
+            message_id=command.message_id,
+            status=outcome.status,
+            provider=self._provider_name,
+            provider_message_id=outcome.provider_message_id,
+            attempts=outcome.attempts,
+            error=outcome.error,
+            command=command,
+        )
+        await self._publisher.publish(event)
+        log.log(
+            logging.INFO if outcome.status is MessageStatus.SENT else logging.WARNING,
+            f"message {outcome.status}",
+            extra={
+                "message_id": str(command.message_id),
+                "correlation_id": str(command.correlation_id),
+                "provider": self._provider_name,
+                "provider_message_id": outcome.provider_message_id,
+                "attempts": outcome.attempts,
+                "error": outcome.error,
+            },
+        )
+
+
+PROVIDER: web.AppKey[MessageSender] = web.AppKey("provider")
+
+
+def provider_ctx(
+    make_client: Callable[[], ProviderClient[Any]], override: MessageSender | None = None
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup_ctx that puts the provider client on the app; it closes only a client it made itself."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        async with AsyncExitStack() as owned:
+            app[PROVIDER] = override if override is not None else await owned.enter_async_context(make_client())
+            yield
+
+    return ctx
+
+
+def create_channel_app(
+    settings: ServiceSettings,
+    *,
+    queue: Callable[[Topology], QueueSpec],
+    provider_name: str,
+    make_client: Callable[[], ProviderClient[Any]],
+    provider: MessageSender | None = None,
+) -> web.Application:
+    """A channel service: consume its outbound queue, send each message through the provider, publish
+    the outcome. `provider` replaces the real client in tests."""
+    app = web.Application(middlewares=[error_middleware])
+    add_health_routes(app)
+    app.cleanup_ctx.append(broker_ctx(settings))
+    app.cleanup_ctx.append(provider_ctx(make_client, provider))
+    app.cleanup_ctx.append(
+        consumer_ctx(
+            settings,
+            queue,
+            SendMessage.model_validate_json,
+            lambda app: SendHandler(app[PROVIDER], app[BROKER].publisher, provider_name),
+        )
+    )
+    return app

@@ -1,0 +1,16 @@
+from aiohttp import web
+
+from common.provider import SMS_PROVIDER, MessageSender, create_channel_app
+from sms_service.provider import SmsProviderClient
+from sms_service.settings import SmsSettings
+
+
+def create_app(settings: SmsSettings, *, provider: MessageSender | None = None) -> web.Application:
+    """Sends SMS and MMS from `sms_service.outbound`. Tests may pass a fake `provider`."""
+    return create_channel_app(
+        settings,
+        queue=lambda topology: topology.sms_outbound,
+        provider_name=SMS_PROVIDER,
+        make_client=lambda: SmsProviderClient(settings),
+        provider=provider,
+    )

@@ -1,0 +1,197 @@
+"""sms_service and email_service on the real RabbitMQ, each sending through its mock provider."""
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aiohttp import web
+from pydantic import ValidationError
+from pytest_aiohttp import AiohttpServer
+
+from common.broker import BROKER, QueueSpec, Topology
+from common.contracts import (
+    Channel,
+    MessageContent,
+    MessageStatus,
+    MessageStatusChanged,
+    SendMessage,
+    message_event_adapter,
+)
+from common.mock_provider import MOCK_STATE
+from common.provider import EMAIL_PROVIDER, SMS_PROVIDER
+from email_service import mock_provider as email_mock
+from email_service.app import create_app as create_email_app
+from email_service.settings import EmailSettings
+from sms_service import mock_provider as sms_mock
+from sms_service.app import create_app as create_sms_app
+from sms_service.settings import SmsSettings
+
+pytestmark = pytest.mark.integration
+
+DEADLINE_SECONDS = 15.0
+FAST_RETRY = {"provider_backoff_initial_seconds": 0.01, "provider_backoff_max_seconds": 0.05}
+
+
+@dataclass(frozen=True)
+class ChannelService:
+    channel: Channel
+    sender: str
+    recipient: str
+    provider_name: str
+    create_mock: Callable[[], web.Application]
+    create_app: Callable[[str, str, str], web.Application]
+    queue: Callable[[Topology], QueueSpec]
+
+
+SMS = ChannelService(
+    Channel.SMS,
+    "+12016661234",
+    "+18045551234",
+    SMS_PROVIDER,
+    sms_mock.create_app,
+    lambda amqp_url, namespace, provider_url: create_sms_app(
+        SmsSettings(amqp_url=amqp_url, broker_namespace=namespace, sms_provider_url=provider_url, **FAST_RETRY)
+    ),
+    lambda topology: topology.sms_outbound,
+)
+EMAIL = ChannelService(
+    Channel.EMAIL,
+    "user@usehatchapp.com",
+    "contact@gmail.com",
+    EMAIL_PROVIDER,
+    email_mock.create_app,
+    lambda amqp_url, namespace, provider_url: create_email_app(
+        EmailSettings(amqp_url=amqp_url, broker_namespace=namespace, email_provider_url=provider_url, **FAST_RETRY)
+    ),
+    lambda topology: topology.email_outbound,
+)
+
+
+@dataclass
+class Running:
+    service: ChannelService
+    app: web.Application
+    mock: web.Application
+    channel: AbstractChannel
+    topology: Topology
+
+
+class StatusWatcher:
+    """Resolves one future per awaited message id when its `MessageStatusChanged` reaches the
+    conversation service's queue (where the conversation service, not running here, would read it)."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[uuid.UUID, asyncio.Future[MessageStatusChanged]] = {}
+
+    def expect(self, message_id: uuid.UUID) -> asyncio.Future[MessageStatusChanged]:
+        return self._waiting.setdefault(message_id, asyncio.get_running_loop().create_future())
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        async with message.process():
+            try:
+                event = message_event_adapter.validate_json(message.body)
+            except ValidationError:
+                return
+            future = self._waiting.get(event.message_id)
+            if isinstance(event, MessageStatusChanged) and future is not None and not future.done():
+                future.set_result(event)
+
+
+async def start(
+    service: ChannelService, amqp_url: str, namespace: str, aiohttp_server: AiohttpServer
+) -> AsyncIterator[Running]:
+    mock = service.create_mock()
+    provider_url = str((await aiohttp_server(mock)).make_url(""))
+    app = service.create_app(amqp_url, namespace, provider_url)
+    await aiohttp_server(app)
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        yield Running(service, app, mock, channel, Topology(namespace))
+
+
+@pytest.fixture(params=[SMS, EMAIL], ids=lambda service: service.channel.value)
+async def running(
+    request: pytest.FixtureRequest, amqp_url: str, broker_namespace: str, aiohttp_server: AiohttpServer
+) -> AsyncIterator[Running]:
+    async for running in start(request.param, amqp_url, broker_namespace, aiohttp_server):
+        yield running
+
+
+@pytest.fixture
+async def running_sms(amqp_url: str, broker_namespace: str, aiohttp_server: AiohttpServer) -> AsyncIterator[Running]:
+    async for running in start(SMS, amqp_url, broker_namespace, aiohttp_server):
+        yield running
+
+
+async def watch_statuses(running: Running) -> StatusWatcher:
+    watcher = StatusWatcher()
+    queue = await running.channel.get_queue(running.topology.conversation_events.name)
+    await queue.consume(watcher.on_message)
+    return watcher
+
+
+def send_command(service: ChannelService) -> SendMessage:
+    return SendMessage(
+        correlation_id=uuid.uuid4(),
+        message_id=uuid.uuid4(),
+        content=MessageContent(
+            channel=service.channel,
+            from_address=service.sender,
+            to_address=service.recipient,
+            body="hello from the integration tier",
+            timestamp=datetime.now(UTC),
+        ),
+    )
+
+
+async def test_a_published_send_reaches_the_provider_once_and_is_reported_sent(running: Running) -> None:
+    watcher = await watch_statuses(running)
+    command = send_command(running.service)
+    reported = watcher.expect(command.message_id)
+
+    await running.app[BROKER].publisher.publish(command)
+    event = await asyncio.wait_for(reported, DEADLINE_SECONDS)
+
+    assert (event.status, event.provider, event.attempts, event.error) == (
+        MessageStatus.SENT,
+        running.service.provider_name,
+        1,
+        None,
+    )
+    assert (event.command, event.correlation_id) == (command, command.correlation_id)
+    [record] = running.mock[MOCK_STATE].records
+    assert record.id == event.provider_message_id
+    assert (record.send.to, record.idempotency_key) == (running.service.recipient, str(command.message_id))
+
+
+async def test_a_body_that_breaks_the_contract_is_dead_lettered_and_the_next_one_is_sent(
+    running_sms: Running,
+) -> None:
+    running = running_sms
+    watcher = await watch_statuses(running)
+    dead_letters: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def on_dead_letter(message: AbstractIncomingMessage) -> None:
+        async with message.process():
+            if not dead_letters.done():
+                dead_letters.set_result(message.body)
+
+    dead_letter_queue = await running.channel.get_queue(running.topology.sms_outbound.dead_letter_name)
+    await dead_letter_queue.consume(on_dead_letter)
+    exchange = await running.channel.get_exchange(running.topology.exchange)
+    poison = b'{"kind": "send_message", "message_id": "not a uuid"}'
+
+    await exchange.publish(aio_pika.Message(poison, delivery_mode=aio_pika.DeliveryMode.PERSISTENT), "outbound.sms")
+    assert await asyncio.wait_for(dead_letters, DEADLINE_SECONDS) == poison
+
+    command = send_command(running.service)
+    reported = watcher.expect(command.message_id)
+    await running.app[BROKER].publisher.publish(command)
+    assert (await asyncio.wait_for(reported, DEADLINE_SECONDS)).status is MessageStatus.SENT
+    assert len(running.mock[MOCK_STATE].records) == 1
