@@ -1,0 +1,49 @@
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+from aiopg.sa import create_engine
+
+from common.broker import broker_ctx, consumer_ctx
+from common.contracts import message_event_adapter
+from common.health import READINESS_CHECKS, add_health_routes
+from common.http import error_middleware
+from conversation_service.api import REPOSITORY, SETTINGS, add_read_routes
+from conversation_service.handlers import EventHandler
+from conversation_service.repository import MessageRepository
+from conversation_service.settings import ConversationSettings
+
+
+def create_app(settings: ConversationSettings, *, repository: MessageRepository | None = None) -> web.Application:
+    """Consumes the conversation queue into PostgreSQL and serves the read API.
+
+    Tests pass a fake `repository` to serve the read API alone, with neither database nor broker.
+    """
+    app = web.Application(middlewares=[error_middleware])
+    app[SETTINGS] = settings
+    add_health_routes(app)
+    if repository is None:
+        app.cleanup_ctx.append(database_ctx(settings))
+        app.cleanup_ctx.append(broker_ctx(settings))
+        app.cleanup_ctx.append(
+            consumer_ctx(
+                settings,
+                lambda topology: topology.conversation_events,
+                message_event_adapter.validate_json,
+                lambda app: EventHandler(app[REPOSITORY]),
+            )
+        )
+    else:
+        app[REPOSITORY] = repository
+    add_read_routes(app)
+    return app
+
+
+def database_ctx(settings: ConversationSettings) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        async with create_engine(settings.database_url, maxsize=settings.database_pool_size) as engine:
+            repository = MessageRepository(engine, retry_seconds=settings.database_retry_seconds)
+            app[REPOSITORY] = repository
+            app[READINESS_CHECKS]["database"] = repository.is_available
+            yield
+
+    return ctx

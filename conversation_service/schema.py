@@ -1,0 +1,80 @@
+"""The tables the repository reads and writes, as SQLAlchemy Core.
+
+The migrations under `migrations/versions` create and change them; this module mirrors the head
+revision and is never used to create anything.
+"""
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+conversations = sa.Table(
+    "conversations",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=False), primary_key=True),
+    sa.Column("participant_key", sa.Text, nullable=False, unique=True),
+    sa.Column("channels", ARRAY(sa.Text), nullable=False, server_default=sa.text("'{}'")),
+    sa.Column("message_count", sa.Integer, nullable=False, server_default=sa.text("0")),
+    # use_alter: conversations and messages refer to each other, so this key is added after both exist.
+    sa.Column(
+        "last_message_id",
+        UUID(as_uuid=True),
+        sa.ForeignKey("messages.id", use_alter=True, name="fk_conversations_last_message_id_messages"),
+        nullable=True,
+    ),
+    sa.Column("last_message_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Index("ix_conversations_activity", sa.text("last_message_at DESC"), sa.text("id DESC")),
+)
+
+conversation_participants = sa.Table(
+    "conversation_participants",
+    metadata,
+    sa.Column(
+        "conversation_id", sa.BigInteger, sa.ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("address", sa.Text, primary_key=True),
+    sa.Index("ix_conversation_participants_address", "address"),
+)
+
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("seq", sa.BigInteger, sa.Identity(always=False), nullable=False, unique=True),
+    sa.Column(
+        "conversation_id",
+        sa.BigInteger,
+        sa.ForeignKey("conversations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("direction", sa.Text, nullable=False),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("from_address", sa.Text, nullable=False),
+    sa.Column("to_address", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("attachments", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("provider", sa.Text, nullable=True),
+    sa.Column("provider_message_id", sa.Text, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("timestamp", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("status_changed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.CheckConstraint("direction IN ('inbound', 'outbound')", name="ck_messages_direction"),
+    sa.CheckConstraint("type IN ('sms', 'mms', 'email')", name="ck_messages_type"),
+    sa.CheckConstraint("status IN ('queued', 'sent', 'delivered', 'failed', 'received')", name="ck_messages_status"),
+    sa.UniqueConstraint("provider", "provider_message_id"),
+    sa.Index("ix_messages_conversation_order", "conversation_id", "timestamp", "seq"),
+)

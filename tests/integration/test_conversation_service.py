@@ -1,0 +1,207 @@
+"""The whole conversation service on the real RabbitMQ and PostgreSQL: events in over the bus, JSON out."""
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+import psycopg2
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from common.broker import BROKER, Topology
+from common.contracts import Channel, MessageContent, MessageReceived, SendMessage, inbound_message_id
+from conversation_service.app import create_app
+from conversation_service.settings import ConversationSettings
+
+pytestmark = pytest.mark.integration
+
+DEADLINE_SECONDS = 15.0
+
+
+def received(provider_message_id: str, body: str = "text message") -> MessageReceived:
+    return MessageReceived(
+        message_id=inbound_message_id("sms-provider", provider_message_id),
+        correlation_id=uuid.uuid4(),
+        provider="sms-provider",
+        provider_message_id=provider_message_id,
+        content=MessageContent(
+            channel=Channel.SMS,
+            from_address="+18045551234",
+            to_address="+12016661234",
+            body=body,
+            timestamp=datetime(2024, 11, 1, 14, tzinfo=UTC),
+        ),
+    )
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + DEADLINE_SECONDS
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, f"gave up waiting until {what}"
+        await asyncio.sleep(0.05)
+
+
+def count_messages(database_url: str, message_id: uuid.UUID) -> int:
+    with psycopg2.connect(database_url) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM messages WHERE id = %s", (str(message_id),))
+        (count,) = cursor.fetchone()
+    connection.close()
+    return count
+
+
+@pytest.fixture
+async def client(
+    aiohttp_client: Callable[[web.Application], Awaitable[TestClient]],
+    database_url: str,
+    amqp_url: str,
+    broker_namespace: str,
+) -> TestClient:
+    settings = ConversationSettings(
+        database_url=database_url,
+        amqp_url=amqp_url,
+        broker_namespace=broker_namespace,
+        default_page_size=2,
+        shutdown_grace_seconds=2.0,
+    )
+    return await aiohttp_client(create_app(settings))
+
+
+async def test_the_service_is_ready_once_broker_and_database_are_up(client: TestClient) -> None:
+    response = await client.get("/readyz")
+
+    assert response.status == 200
+    assert await response.json() == {"status": "ready", "checks": {"database": True, "broker": True}}
+
+
+async def test_a_published_event_is_stored_once_however_often_it_is_delivered(
+    client: TestClient, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="conversation_service.handlers")
+    publisher = client.app[BROKER].publisher
+    event = received("message-1")
+
+    await publisher.publish(event)
+    await eventually(lambda: _stored(database_url, event.message_id), "the message is stored")
+
+    await publisher.publish(event)
+    await eventually(
+        lambda: _logged(caplog, "message event changed nothing", event.message_id), "the replay is handled"
+    )
+    assert count_messages(database_url, event.message_id) == 1
+    conversations = await (await client.get("/conversations")).json()
+    assert [c["message_count"] for c in conversations["conversations"]] == [1]
+
+
+async def test_a_malformed_message_is_dead_lettered_and_the_next_one_still_stored(
+    client: TestClient, database_url: str, broker_namespace: str
+) -> None:
+    broker = client.app[BROKER]
+    exchange = await broker.channel.get_exchange(broker.topology.exchange)
+    good = received("message-after-the-bad-one")
+
+    await exchange.publish(
+        aio_pika.Message(b"{not json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key="inbound.sms"
+    )
+    await broker.publisher.publish(good)
+
+    await eventually(lambda: _stored(database_url, good.message_id), "the good message is stored")
+    dead_letters = await broker.channel.get_queue(Topology(broker_namespace).conversation_events.dead_letter_name)
+    bodies: list[bytes] = []
+
+    async def dead_lettered() -> bool:
+        message = await dead_letters.get(no_ack=True, fail=False)
+        if message is not None:
+            bodies.append(message.body)
+        return b"{not json" in bodies
+
+    await eventually(dead_lettered, "the malformed message reaches the dead-letter queue")
+    assert bodies == [b"{not json"]
+
+
+async def test_the_read_api_serves_what_the_bus_delivered(client: TestClient, database_url: str) -> None:
+    publisher = client.app[BROKER].publisher
+    command = SendMessage(
+        message_id=uuid.uuid4(),
+        correlation_id=uuid.uuid4(),
+        content=MessageContent(
+            channel=Channel.MMS,
+            from_address="+12016661234",
+            to_address="+18045551234",
+            body="a picture",
+            attachments=("https://example.com/a.png",),
+            timestamp=datetime(2024, 11, 1, 14, 5, tzinfo=UTC),
+        ),
+    )
+    replies = [received(f"message-{i}") for i in range(2)]
+    for event in [*replies, command]:
+        await publisher.publish(event)
+    await eventually(lambda: _stored(database_url, command.message_id), "the send is stored")
+    for reply in replies:
+        await eventually(lambda reply=reply: _stored(database_url, reply.message_id), "the replies are stored")
+
+    listing = await client.get("/conversations")
+    first_page = await client.get("/conversations/1/messages")
+    first = await first_page.json()
+    second = await (await client.get("/conversations/1/messages", params={"cursor": first["next_cursor"]})).json()
+    one = await client.get(f"/messages/{command.message_id}")
+
+    (conversation,) = (await listing.json())["conversations"]
+    assert conversation["id"] == 1
+    assert conversation["participants"] == ["+12016661234", "+18045551234"]
+    assert conversation["channels"] == ["mms", "sms"]
+    assert conversation["message_count"] == 3
+    assert conversation["last_message"]["id"] == str(command.message_id)
+    assert conversation["last_message_at"] == "2024-11-01T14:05:00Z"
+    assert first["conversation_id"] == 1
+    assert [m["body"] for m in first["messages"] + second["messages"]] == [
+        "text message",
+        "text message",
+        "a picture",
+    ]
+    assert second["next_cursor"] is None
+    message = await one.json()
+    assert one.status == 200
+    assert {key: message[key] for key in ("direction", "type", "from", "to", "status", "attachments")} == {
+        "direction": "outbound",
+        "type": "mms",
+        "from": "+12016661234",
+        "to": "+18045551234",
+        "status": "queued",
+        "attachments": ["https://example.com/a.png"],
+    }
+    assert message["timestamp"] == "2024-11-01T14:05:00Z"
+    assert message["created_at"].endswith("Z")
+
+
+async def test_unknown_conversation_is_a_404(client: TestClient) -> None:
+    response = await client.get("/conversations/1/messages")
+
+    assert response.status == 404
+    assert (await response.json())["error"] == "not_found"
+
+
+@pytest.mark.parametrize("conversation_id", ["abc", "0", "99999999999999999999"])
+async def test_a_conversation_id_that_is_not_a_positive_bigint_is_a_422(
+    client: TestClient, conversation_id: str
+) -> None:
+    response = await client.get(f"/conversations/{conversation_id}/messages")
+
+    assert response.status == 422
+    body: dict[str, Any] = await response.json()
+    assert [detail["field"] for detail in body["details"]] == ["conversation_id"]
+
+
+async def _stored(database_url: str, message_id: uuid.UUID) -> bool:
+    return count_messages(database_url, message_id) == 1
+
+
+async def _logged(caplog: pytest.LogCaptureFixture, event: str, message_id: uuid.UUID) -> bool:
+    return any(
+        record.getMessage() == event and record.__dict__.get("message_id") == str(message_id)
+        for record in caplog.records
+    )

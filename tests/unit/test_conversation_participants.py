@@ -1,0 +1,41 @@
+"""A conversation is its set of participants, whoever wrote to whom and however an email was cased."""
+
+from datetime import UTC, datetime
+
+from common.contracts import Channel, MessageContent
+from conversation_service.repository import participant_key, participants_of
+
+
+def _content(from_address: str, to_address: str) -> MessageContent:
+    return MessageContent(
+        channel=Channel.SMS,
+        from_address=from_address,
+        to_address=to_address,
+        body="hi",
+        timestamp=datetime(2024, 11, 1, 14, tzinfo=UTC),
+    )
+
+
+def test_both_directions_between_two_addresses_are_one_conversation() -> None:
+    there = participants_of(_content("+18045551234", "+12016661234"))
+    back = participants_of(_content("+12016661234", "+18045551234"))
+
+    assert there == back == ["+12016661234", "+18045551234"]
+    assert participant_key(there) == participant_key(back)
+
+
+def test_email_addresses_differing_only_in_case_are_one_participant() -> None:
+    participants = participants_of(_content("Contact@Gmail.com", " user@usehatchapp.com"))
+
+    assert participants == ["contact@gmail.com", "user@usehatchapp.com"]
+    assert participant_key(participants) == participant_key(
+        participants_of(_content("user@usehatchapp.com", "contact@gmail.com"))
+    )
+
+
+def test_a_note_to_oneself_has_a_single_participant() -> None:
+    assert participants_of(_content("+12016661234", "+12016661234")) == ["+12016661234"]
+
+
+def test_different_pairs_get_different_keys() -> None:
+    assert participant_key(["+12016661234", "+18045551234"]) != participant_key(["+12016661234", "+18045559999"])
