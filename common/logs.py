@@ -1,4 +1,7 @@
-"""Structured logs: one JSON object per line, with whatever `extra=` fields a call passes."""
+"""Structured logs, one event per line, with whatever `extra=` fields a call passes.
+
+JSON for machines (the default); `text` for a person watching bin/start.sh in a terminal.
+"""
 
 import json
 import logging
@@ -6,7 +9,13 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from common.settings import ProcessSettings
+
 _STANDARD_ATTRIBUTES = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD_ATTRIBUTES}
 
 
 class JsonFormatter(logging.Formatter):
@@ -21,17 +30,31 @@ class JsonFormatter(logging.Formatter):
             "service": self._service,
             "logger": record.name,
             "event": record.getMessage(),
+            **_fields(record),
         }
-        entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD_ATTRIBUTES})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-def configure_logging(service: str, level: str) -> None:
+class TextFormatter(logging.Formatter):
+    # The access log's message already is the request line; its extra fields would say it twice.
+    _FIELDS_SAID_IN_MESSAGE = frozenset({"aiohttp.access"})
+
+    def format(self, record: logging.LogRecord) -> str:
+        time = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S.%f")[:-3]
+        line = f"{time} {record.levelname:<7} {record.getMessage()}"
+        if record.name not in self._FIELDS_SAID_IN_MESSAGE:
+            line += "".join(f" {k}={v}" for k, v in _fields(record).items() if v is not None)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def configure_logging(service: str, settings: ProcessSettings) -> None:
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter(service))
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
-    # One line per request is the access log's job; aio-pika's reconnect chatter is noise at INFO.
+    handler.setFormatter(JsonFormatter(service) if settings.log_format == "json" else TextFormatter())
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
+    # aio-pika's reconnect chatter is noise at INFO; its warnings still show.
     logging.getLogger("aiormq").setLevel(logging.WARNING)
     logging.getLogger("aio_pika").setLevel(logging.WARNING)

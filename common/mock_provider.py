@@ -13,22 +13,17 @@ from datetime import datetime
 from typing import Any, Self
 
 from aiohttp import web
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.contracts import utcnow
 from common.health import add_health_routes
 from common.http import error_middleware
 from common.logs import configure_logging
 from common.provider import IDEMPOTENCY_KEY_HEADER
+from common.settings import ProcessSettings
 
 
-class MockProviderSettings(BaseSettings):
+class MockProviderSettings(ProcessSettings):
     """Each mock adds its own port, so one environment can configure both mocks."""
-
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
-
-    bind_host: str = "127.0.0.1"
-    log_level: str = "INFO"
 
 
 class SendRejected(Exception):
@@ -131,7 +126,7 @@ def create_mock_app(provider: MockProvider) -> web.Application:
 
 
 def run_mock_provider(app: web.Application, settings: MockProviderSettings, port: int) -> None:
-    configure_logging(app[MOCK_PROVIDER].name, settings.log_level)
+    configure_logging(app[MOCK_PROVIDER].name, settings)
     web.run_app(app, host=settings.bind_host, port=port, print=None)
 
 

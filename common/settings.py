@@ -4,14 +4,25 @@ Only a service's `main()` instantiates these from the environment; `create_app` 
 argument so tests can build any configuration without touching `os.environ`.
 """
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class ServiceSettings(BaseSettings):
+class ProcessSettings(BaseSettings):
+    """What every process has, the mock providers included."""
+
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     bind_host: str = Field("127.0.0.1", description="Interface the HTTP server binds to")
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = Field(
+        "json", description="json: one object per line, for log shippers; text: for reading in a terminal"
+    )
+
+
+class ServiceSettings(ProcessSettings):
     amqp_url: str = Field("amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ connection URL")
     broker_namespace: str = Field(
         "",
@@ -25,7 +36,6 @@ class ServiceSettings(BaseSettings):
     shutdown_grace_seconds: float = Field(
         10.0, gt=0, description="How long a stopping consumer waits for in-flight messages"
     )
-    log_level: str = "INFO"
 
 
 class DatabaseSettings(BaseSettings):

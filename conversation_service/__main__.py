@@ -7,7 +7,7 @@ from conversation_service.settings import ConversationSettings
 
 def main() -> None:
     settings = ConversationSettings()
-    configure_logging("conversation_service", settings.log_level)
+    configure_logging("conversation_service", settings)
     web.run_app(create_app(settings), host=settings.bind_host, port=settings.conversation_service_port, print=None)
 
 

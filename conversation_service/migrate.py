@@ -16,7 +16,7 @@ from psycopg2.extensions import connection as Connection
 from psycopg2.extensions import parse_dsn
 
 from common.logs import configure_logging
-from common.settings import DatabaseSettings
+from common.settings import DatabaseSettings, ProcessSettings
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +84,26 @@ def upgrade(database_url: str) -> None:
     command.upgrade(config, "head")
 
 
+def _can_connect(database_url: str) -> bool:
+    try:
+        psycopg2.connect(database_url).close()
+    except psycopg2.OperationalError:
+        return False
+    return True
+
+
 def main() -> None:
     settings = DatabaseSettings()
-    configure_logging("conversation_service.migrate", "INFO")
-    create_role_and_database(settings)
+    configure_logging("conversation_service.migrate", ProcessSettings())
+    # Where the role and database exist already (a managed database, the compose file's postgres),
+    # there may be no superuser to ask, and no need to.
+    if not _can_connect(settings.database_url):
+        try:
+            create_role_and_database(settings)
+        except psycopg2.OperationalError as error:
+            raise SystemExit(
+                f"cannot connect with DATABASE_URL, nor create its role and database with DATABASE_ADMIN_URL: {error}"
+            ) from error
     upgrade(settings.database_url)
     log.info("schema is at the head revision")
 

@@ -7,7 +7,7 @@ from email_service.settings import EmailSettings
 
 def main() -> None:
     settings = EmailSettings()
-    configure_logging("email_service", settings.log_level)
+    configure_logging("email_service", settings)
     web.run_app(create_app(settings), host=settings.bind_host, port=settings.email_service_port, print=None)
 
 

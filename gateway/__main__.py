@@ -7,7 +7,7 @@ from gateway.settings import GatewaySettings
 
 def main() -> None:
     settings = GatewaySettings()
-    configure_logging("gateway", settings.log_level)
+    configure_logging("gateway", settings)
     web.run_app(create_app(settings), host=settings.bind_host, port=settings.gateway_port, print=None)
 
 

@@ -7,7 +7,7 @@ from sms_service.settings import SmsSettings
 
 def main() -> None:
     settings = SmsSettings()
-    configure_logging("sms_service", settings.log_level)
+    configure_logging("sms_service", settings)
     web.run_app(create_app(settings), host=settings.bind_host, port=settings.sms_service_port, print=None)
 
 

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Everything a fresh clone needs before the stack can run or be tested, each step skipped when done:
+# the virtualenv and its packages, reachable PostgreSQL and RabbitMQ, the database role, database and schema.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+
+find_python() {
+    for candidate in ${PYTHON:-} python3.13 python3.12 python3.11 python3; do
+        if command -v "$candidate" >/dev/null 2>&1 &&
+            "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            echo "$candidate"
+            return
+        fi
+    done
+    say "Python 3.11 or newer is required and none was found on PATH (set PYTHON=/path/to/python3.11)."
+    exit 1
+}
+
+if [ -f .env ]; then
+    set -a
+    # shellcheck disable=SC1091
+    . ./.env
+    set +a
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    python=$(find_python)
+    say "creating $VENV with $($python --version)"
+    "$python" -m venv "$VENV"
+fi
+stamp="$VENV/.installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    say "installing the project and its test tools into $VENV (log: $VENV/install.log)"
+    if ! { "$VENV/bin/python" -m pip install --upgrade pip &&
+        "$VENV/bin/python" -m pip install -e ".[test]"; } >"$VENV/install.log" 2>&1; then
+        tail -n 30 "$VENV/install.log" >&2
+        say "installing failed; the whole log is in $VENV/install.log"
+        exit 1
+    fi
+    touch "$stamp"
+fi
+
+if ! "$VENV/bin/python" bin/preflight.py 2>/dev/null; then
+    if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+        say "starting PostgreSQL and RabbitMQ with docker compose"
+        docker compose up -d --wait postgres rabbitmq
+    fi
+    if ! "$VENV/bin/python" bin/preflight.py --wait 30; then
+        say "Start the services above (or point DATABASE_URL / AMQP_URL at running ones), then run this again."
+        say "No Docker engine answered, so they could not be started for you."
+        exit 1
+    fi
+fi
+
+say "creating the database role and database if missing, and migrating the schema"
+"$VENV/bin/python" -m conversation_service.migrate

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Start the whole stack in the foreground: set-up, migrations, the two mock providers and the four
+# services, each log line prefixed with its process. Ctrl-C or SIGTERM stops all of it; so does any
+# one process dying.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Text logs read better in a terminal; set LOG_FORMAT=json to get what docker-compose ships.
+export LOG_FORMAT=${LOG_FORMAT:-text}
+
+bin/setup.sh
+VENV=${VENV:-.venv}
+PY="$VENV/bin/python"
+if [ -f .env ]; then
+    set -a
+    # shellcheck disable=SC1091
+    . ./.env
+    set +a
+fi
+
+pids=()
+run_service() {
+    local name=$1
+    shift
+    "$@" > >(sed -u "s/^/[$name] /") 2>&1 &
+    pids+=($!)
+}
+
+stop_all() {
+    trap - INT TERM EXIT
+    echo "[start] stopping ${#pids[@]} processes" >&2
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    wait "${pids[@]}" 2>/dev/null || true
+}
+trap 'stop_all; exit 0' INT TERM
+trap stop_all EXIT
+
+run_service sms_provider "$PY" -m sms_service.mock_provider
+run_service email_provider "$PY" -m email_service.mock_provider
+run_service conversation_service "$PY" -m conversation_service
+run_service sms_service "$PY" -m sms_service
+run_service email_service "$PY" -m email_service
+run_service gateway "$PY" -m gateway
+
+health_urls=(
+    "http://127.0.0.1:${SMS_PROVIDER_PORT:-9001}/healthz"
+    "http://127.0.0.1:${EMAIL_PROVIDER_PORT:-9002}/healthz"
+    "http://127.0.0.1:${CONVERSATION_SERVICE_PORT:-8083}/readyz"
+    "http://127.0.0.1:${SMS_SERVICE_PORT:-8081}/readyz"
+    "http://127.0.0.1:${EMAIL_SERVICE_PORT:-8082}/readyz"
+    "http://127.0.0.1:${GATEWAY_PORT:-8080}/readyz"
+)
+"$PY" bin/wait_ready.py --timeout "${START_TIMEOUT_SECONDS:-60}" "${health_urls[@]}"
+echo "[start] the stack is ready: API at http://127.0.0.1:${GATEWAY_PORT:-8080} (Ctrl-C stops it)" >&2
+
+# Whichever process exits first, on its own, takes the rest down with it.
+set +e
+wait -n "${pids[@]}"
+status=$?
+echo "[start] a process exited with status $status; stopping the stack" >&2
+exit "$status"
