@@ -1,8 +1,9 @@
 """Fixtures for the integration and end-to-end tiers: a database and a broker namespace of the tests' own.
 
-Tests never touch a developer's data: they use the database named by TEST_DATABASE_URL (created
-fresh for each run) and queue names under a random namespace, removed afterwards. A missing
-PostgreSQL or RabbitMQ is an error, never a skip.
+Tests never touch a developer's data: they use a database of their own, created fresh for each run
+and dropped after it (named by TEST_DATABASE_URL, or by default one per test run, so two runs at
+once do not truncate each other's tables), and queue names under a random namespace, removed
+afterwards. A missing PostgreSQL or RabbitMQ is an error, never a skip.
 """
 
 import os
@@ -18,7 +19,7 @@ from common.settings import DatabaseSettings
 
 TEST_DATABASE_URL = os.environ.get(
     "TEST_DATABASE_URL",
-    "postgresql://messaging_user:messaging_password@127.0.0.1:5432/messaging_service_test",
+    f"postgresql://messaging_user:messaging_password@127.0.0.1:5432/messaging_service_test_{os.getpid()}",
 )
 TEST_AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 DATABASE_ADMIN_URL = os.environ.get("DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -30,14 +31,15 @@ def database_settings() -> DatabaseSettings:
 
 
 @pytest.fixture(scope="session")
-def migrated_database(database_settings: DatabaseSettings) -> str:
-    """A freshly created and migrated test database; its URL."""
+def migrated_database(database_settings: DatabaseSettings) -> Iterator[str]:
+    """A freshly created and migrated test database, dropped after the run; its URL."""
     from conversation_service.migrate import create_role_and_database, drop_database, upgrade
 
     drop_database(database_settings)
     create_role_and_database(database_settings)
     upgrade(database_settings.database_url)
-    return database_settings.database_url
+    yield database_settings.database_url
+    drop_database(database_settings)
 
 
 @pytest.fixture

@@ -71,7 +71,10 @@ async def stack(database_url: str, amqp_url: str, broker_namespace: str, tmp_pat
     log = tmp_path / "stack.log"
     with log.open("wb") as output:
         process = await asyncio.create_subprocess_exec(
-            str(ROOT / "bin" / "start.sh"), env=env, stdout=output, stderr=asyncio.subprocess.STDOUT,
+            str(ROOT / "bin" / "start.sh"),
+            env=env,
+            stdout=output,
+            stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
         )
     stack = Stack(process, env, log)
@@ -166,9 +169,9 @@ async def test_the_tour_builds_two_conversations_a_client_can_read(stack: Stack)
         assert phone_messages[0]["provider_message_id"]
         assert phone_messages[2]["provider_message_id"] == "message-1"
 
-        email_messages = (
-            await get_json(session, f"{stack.base_url}/api/conversations/{email['id']}/messages")
-        )["messages"]
+        email_messages = (await get_json(session, f"{stack.base_url}/api/conversations/{email['id']}/messages"))[
+            "messages"
+        ]
         assert [(m["direction"], m["status"]) for m in email_messages] == [
             ("outbound", "sent"),
             ("inbound", "received"),

@@ -4,7 +4,6 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import aio_pika
 import pytest
@@ -14,14 +13,7 @@ from pydantic import ValidationError
 from pytest_aiohttp import AiohttpServer
 
 from common.broker import BROKER, QueueSpec, Topology
-from common.contracts import (
-    Channel,
-    MessageContent,
-    MessageStatus,
-    MessageStatusChanged,
-    SendMessage,
-    message_event_adapter,
-)
+from common.contracts import Channel, MessageStatus, MessageStatusChanged, message_event_adapter
 from common.mock_provider import MOCK_STATE
 from common.provider import EMAIL_PROVIDER, SMS_PROVIDER
 from email_service import mock_provider as email_mock
@@ -30,6 +22,7 @@ from email_service.settings import EmailSettings
 from sms_service import mock_provider as sms_mock
 from sms_service.app import create_app as create_sms_app
 from sms_service.settings import SmsSettings
+from tests.factories import OUR_EMAIL, OUR_PHONE, THEIR_EMAIL, THEIR_PHONE, send_message
 
 pytestmark = pytest.mark.integration
 
@@ -50,8 +43,8 @@ class ChannelService:
 
 SMS = ChannelService(
     Channel.SMS,
-    "+12016661234",
-    "+18045551234",
+    OUR_PHONE,
+    THEIR_PHONE,
     SMS_PROVIDER,
     sms_mock.create_app,
     lambda amqp_url, namespace, provider_url: create_sms_app(
@@ -61,8 +54,8 @@ SMS = ChannelService(
 )
 EMAIL = ChannelService(
     Channel.EMAIL,
-    "user@usehatchapp.com",
-    "contact@gmail.com",
+    OUR_EMAIL,
+    THEIR_EMAIL,
     EMAIL_PROVIDER,
     email_mock.create_app,
     lambda amqp_url, namespace, provider_url: create_email_app(
@@ -136,23 +129,11 @@ async def watch_statuses(running: Running) -> StatusWatcher:
     return watcher
 
 
-def send_command(service: ChannelService) -> SendMessage:
-    return SendMessage(
-        correlation_id=uuid.uuid4(),
-        message_id=uuid.uuid4(),
-        content=MessageContent(
-            channel=service.channel,
-            from_address=service.sender,
-            to_address=service.recipient,
-            body="hello from the integration tier",
-            timestamp=datetime.now(UTC),
-        ),
-    )
-
-
 async def test_a_published_send_reaches_the_provider_once_and_is_reported_sent(running: Running) -> None:
     watcher = await watch_statuses(running)
-    command = send_command(running.service)
+    command = send_message(
+        running.service.channel, from_address=running.service.sender, to_address=running.service.recipient
+    )
     reported = watcher.expect(command.message_id)
 
     await running.app[BROKER].publisher.publish(command)
@@ -190,7 +171,7 @@ async def test_a_body_that_breaks_the_contract_is_dead_lettered_and_the_next_one
     await exchange.publish(aio_pika.Message(poison, delivery_mode=aio_pika.DeliveryMode.PERSISTENT), "outbound.sms")
     assert await asyncio.wait_for(dead_letters, DEADLINE_SECONDS) == poison
 
-    command = send_command(running.service)
+    command = send_message(running.service.channel)
     reported = watcher.expect(command.message_id)
     await running.app[BROKER].publisher.publish(command)
     assert (await asyncio.wait_for(reported, DEADLINE_SECONDS)).status is MessageStatus.SENT

@@ -3,7 +3,7 @@
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import psycopg2
@@ -12,83 +12,23 @@ import sqlalchemy as sa
 from aiopg.sa import Engine, create_engine
 from psycopg2.extensions import make_dsn, parse_dsn
 
-from common.contracts import (
-    Channel,
-    MessageContent,
-    MessageReceived,
-    MessageStatus,
-    MessageStatusChanged,
-    SendMessage,
-    inbound_message_id,
-)
+from common.contracts import Channel, MessageReceived, MessageStatus, MessageStatusChanged, SendMessage
 from common.http import InvalidRequest, NotFound, ServiceUnavailable
 from common.settings import DatabaseSettings
 from conversation_service.migrate import create_role_and_database, drop_database
 from conversation_service.repository import MessageRepository
 from conversation_service.schema import conversation_participants, conversations, messages
+from tests.factories import (
+    OUR_PHONE,
+    START,
+    THEIR_PHONE,
+    eventually,
+    message_received,
+    send_message,
+    status_changed,
+)
 
 pytestmark = pytest.mark.integration
-
-ME = "+12016661234"
-THEM = "+18045551234"
-START = datetime(2024, 11, 1, 14, 0, tzinfo=UTC)
-
-
-def send(
-    from_address: str = ME,
-    to_address: str = THEM,
-    *,
-    at: datetime = START,
-    channel: Channel = Channel.SMS,
-    body: str = "text message",
-    attachments: tuple[str, ...] = (),
-) -> SendMessage:
-    return SendMessage(
-        message_id=uuid.uuid4(),
-        correlation_id=uuid.uuid4(),
-        content=MessageContent(
-            channel=channel,
-            from_address=from_address,
-            to_address=to_address,
-            body=body,
-            attachments=attachments,
-            timestamp=at,
-        ),
-    )
-
-
-def received(
-    from_address: str = THEM, to_address: str = ME, *, at: datetime = START, provider_message_id: str = "message-1"
-) -> MessageReceived:
-    return MessageReceived(
-        message_id=inbound_message_id("sms-provider", provider_message_id),
-        correlation_id=uuid.uuid4(),
-        provider="sms-provider",
-        provider_message_id=provider_message_id,
-        content=MessageContent(
-            channel=Channel.SMS, from_address=from_address, to_address=to_address, body="reply", timestamp=at
-        ),
-    )
-
-
-def status_of(
-    command: SendMessage,
-    status: MessageStatus,
-    *,
-    attempts: int = 1,
-    error: str | None = None,
-    provider_message_id: str | None = None,
-) -> MessageStatusChanged:
-    return MessageStatusChanged(
-        message_id=command.message_id,
-        correlation_id=command.correlation_id,
-        status=status,
-        provider="sms-provider",
-        provider_message_id=provider_message_id,
-        attempts=attempts,
-        error=error,
-        command=command,
-    )
 
 
 @pytest.fixture
@@ -122,7 +62,7 @@ async def message_row(engine: Engine, message_id: uuid.UUID) -> dict[str, Any]:
 
 
 async def test_a_send_is_stored_queued_in_a_new_conversation(repository: MessageRepository, engine: Engine) -> None:
-    command = send(channel=Channel.MMS, attachments=("https://example.com/a.png",))
+    command = send_message(Channel.MMS, attachments=("https://example.com/a.png",))
 
     assert await repository.store_outbound(command) is True
 
@@ -132,7 +72,7 @@ async def test_a_send_is_stored_queued_in_a_new_conversation(repository: Message
     assert conversation["channels"] == ["mms"]
     assert conversation["last_message_id"] == command.message_id
     assert conversation["last_message_at"] == START
-    assert [row["address"] for row in await rows(engine, conversation_participants)] == [ME, THEM]
+    assert [row["address"] for row in await rows(engine, conversation_participants)] == [OUR_PHONE, THEIR_PHONE]
     message = await message_row(engine, command.message_id)
     assert message | {"seq": None, "created_at": None, "updated_at": None} == {
         "id": command.message_id,
@@ -140,8 +80,8 @@ async def test_a_send_is_stored_queued_in_a_new_conversation(repository: Message
         "conversation_id": 1,
         "direction": "outbound",
         "type": "mms",
-        "from_address": ME,
-        "to_address": THEM,
+        "from_address": OUR_PHONE,
+        "to_address": THEIR_PHONE,
         "body": "text message",
         "attachments": ["https://example.com/a.png"],
         "status": "queued",
@@ -157,7 +97,7 @@ async def test_a_send_is_stored_queued_in_a_new_conversation(repository: Message
 
 
 async def test_a_received_message_keeps_its_provider_ids(repository: MessageRepository, engine: Engine) -> None:
-    event = received(provider_message_id="message-7")
+    event = message_received(provider_message_id="message-7")
 
     assert await repository.store_inbound(event) is True
 
@@ -165,32 +105,32 @@ async def test_a_received_message_keeps_its_provider_ids(repository: MessageRepo
     assert message["direction"] == "inbound"
     assert message["status"] == "received"
     assert (message["provider"], message["provider_message_id"]) == ("sms-provider", "message-7")
-    assert (message["from_address"], message["to_address"]) == (THEM, ME)
+    assert (message["from_address"], message["to_address"]) == (THEIR_PHONE, OUR_PHONE)
 
 
 async def test_both_directions_share_one_conversation_and_another_pair_gets_the_next_id(
     repository: MessageRepository,
 ) -> None:
-    await repository.store_outbound(send(ME, THEM, at=START))
-    await repository.store_inbound(received(THEM, ME, at=START + timedelta(minutes=1)))
-    await repository.store_outbound(send(ME, THEM, at=START + timedelta(minutes=2), channel=Channel.MMS))
-    await repository.store_outbound(send(ME, "+13125550000", at=START + timedelta(minutes=3)))
+    await repository.store_outbound(send_message(at=START))
+    await repository.store_inbound(message_received(at=START + timedelta(minutes=1)))
+    await repository.store_outbound(send_message(Channel.MMS, at=START + timedelta(minutes=2)))
+    await repository.store_outbound(send_message(to_address="+13125550000", at=START + timedelta(minutes=3)))
 
     page = await repository.list_conversations(limit=10)
 
     assert [(c.id, c.participants, c.channels, c.message_count) for c in page.items] == [
         (2, ["+12016661234", "+13125550000"], ["sms"], 1),
-        (1, [ME, THEM], ["mms", "sms"], 3),
+        (1, [OUR_PHONE, THEIR_PHONE], ["mms", "sms"], 3),
     ]
 
 
 async def test_replaying_every_event_changes_nothing(repository: MessageRepository, engine: Engine) -> None:
-    command = send()
+    command = send_message()
     events: list[SendMessage | MessageReceived | MessageStatusChanged] = [
         command,
-        received(at=START + timedelta(seconds=1)),
-        status_of(command, MessageStatus.SENT, provider_message_id="SM1"),
-        send(at=START + timedelta(seconds=2), channel=Channel.MMS),
+        message_received(at=START + timedelta(seconds=1)),
+        status_changed(command, MessageStatus.SENT, provider_message_id="SM1"),
+        send_message(Channel.MMS, at=START + timedelta(seconds=2)),
     ]
     writes = {
         SendMessage: repository.store_outbound,
@@ -221,10 +161,10 @@ async def test_replaying_every_event_changes_nothing(repository: MessageReposito
 async def test_a_status_only_moves_forward_whatever_the_order(
     repository: MessageRepository, engine: Engine, statuses: list[MessageStatus], final: str
 ) -> None:
-    command = send()
+    command = send_message()
     await repository.store_outbound(command)
     for attempt, status in enumerate(statuses, start=1):
-        await repository.store_status(status_of(command, status, attempts=attempt))
+        await repository.store_status(status_changed(command, status, attempts=attempt))
 
     # The send command redelivered late must not take the status back to queued.
     assert await repository.store_outbound(command) is False
@@ -237,9 +177,9 @@ async def test_a_status_only_moves_forward_whatever_the_order(
 async def test_a_failure_records_attempts_and_the_providers_error(
     repository: MessageRepository, engine: Engine
 ) -> None:
-    command = send()
+    command = send_message()
     await repository.store_outbound(command)
-    failure = status_of(command, MessageStatus.FAILED, attempts=3, error="HTTP 500 from the provider")
+    failure = status_changed(command, MessageStatus.FAILED, attempts=3, error="HTTP 500 from the provider")
 
     assert await repository.store_status(failure) is True
 
@@ -256,8 +196,8 @@ async def test_a_failure_records_attempts_and_the_providers_error(
 async def test_a_status_that_overtakes_its_send_stores_the_message(
     repository: MessageRepository, engine: Engine
 ) -> None:
-    command = send()
-    sent = status_of(command, MessageStatus.SENT, attempts=2, provider_message_id="SM42")
+    command = send_message()
+    sent = status_changed(command, MessageStatus.SENT, attempts=2, provider_message_id="SM42")
 
     assert await repository.store_status(sent) is True
     assert await repository.store_outbound(command) is False
@@ -272,9 +212,9 @@ async def test_a_status_that_overtakes_its_send_stores_the_message(
 async def test_the_latest_message_is_the_one_with_the_latest_timestamp_not_the_last_stored(
     repository: MessageRepository,
 ) -> None:
-    newer = send(at=START + timedelta(hours=1), body="newer")
+    newer = send_message(at=START + timedelta(hours=1), body="newer")
     await repository.store_outbound(newer)
-    await repository.store_outbound(send(at=START, body="older"))
+    await repository.store_outbound(send_message(at=START, body="older"))
 
     (conversation,) = (await repository.list_conversations(limit=10)).items
 
@@ -286,13 +226,14 @@ async def test_the_latest_message_is_the_one_with_the_latest_timestamp_not_the_l
 async def test_concurrent_writers_create_one_conversation_and_count_every_message(
     repository: MessageRepository, engine: Engine
 ) -> None:
-    commands = [send(ME, THEM, at=START + timedelta(seconds=i)) for i in range(10)]
-    replies = [received(THEM, ME, at=START, provider_message_id=f"m-{i}") for i in range(10)]
+    commands = [send_message(at=START + timedelta(seconds=i)) for i in range(10)]
+    replies = [message_received(at=START, provider_message_id=f"m-{i}") for i in range(10)]
 
     await asyncio.gather(
         *(repository.store_outbound(c) for c in commands),
         *(repository.store_inbound(r) for r in replies),
-        *(repository.store_status(status_of(c, MessageStatus.SENT)) for c in commands),
+        # Without provider ids: the sends may not share one (provider, provider_message_id).
+        *(repository.store_status(status_changed(c, provider_message_id=None)) for c in commands),
     )
 
     (conversation,) = await rows(engine, conversations)
@@ -305,7 +246,7 @@ async def test_concurrent_writers_create_one_conversation_and_count_every_messag
 
 async def test_messages_page_through_oldest_first_each_exactly_once(repository: MessageRepository) -> None:
     # Equal timestamps are ordered by arrival, and must not be skipped or repeated at a page edge.
-    commands = [send(at=START + timedelta(minutes=i // 2)) for i in range(7)]
+    commands = [send_message(at=START + timedelta(minutes=i // 2)) for i in range(7)]
     for command in reversed(commands[4:]):
         await repository.store_outbound(command)
     for command in commands[:4]:
@@ -334,7 +275,7 @@ async def test_conversations_page_through_latest_activity_first_each_exactly_onc
     partners = [f"+1312555{i:04d}" for i in range(5)]
     for i, partner in enumerate(partners):
         # Two conversations share a latest time: the id orders them.
-        await repository.store_outbound(send(ME, partner, at=START + timedelta(minutes=min(i, 3))))
+        await repository.store_outbound(send_message(to_address=partner, at=START + timedelta(minutes=min(i, 3))))
 
     first = await repository.list_conversations(limit=2)
     second = await repository.list_conversations(limit=2, cursor=first.next_cursor)
@@ -345,7 +286,7 @@ async def test_conversations_page_through_latest_activity_first_each_exactly_onc
 
 
 async def test_reading_what_is_not_there(repository: MessageRepository) -> None:
-    await repository.store_outbound(send())
+    await repository.store_outbound(send_message())
 
     with pytest.raises(NotFound):
         await repository.list_messages(2, limit=10)
@@ -370,10 +311,10 @@ def drop_connections_of(database_url: str) -> None:
 async def test_a_write_survives_the_database_dropping_its_connections(
     repository: MessageRepository, database_url: str
 ) -> None:
-    await repository.store_outbound(send())
+    await repository.store_outbound(send_message())
     drop_connections_of(database_url)
 
-    command = send(at=START + timedelta(minutes=1))
+    command = send_message(at=START + timedelta(minutes=1))
     assert await repository.store_outbound(command) is True
 
     assert (await repository.get_message(command.message_id)).status == "queued"
@@ -382,7 +323,7 @@ async def test_a_write_survives_the_database_dropping_its_connections(
 async def test_a_read_survives_the_database_dropping_its_connections(
     repository: MessageRepository, database_url: str
 ) -> None:
-    command = send()
+    command = send_message()
     await repository.store_outbound(command)
     drop_connections_of(database_url)
 
@@ -406,14 +347,14 @@ async def test_a_database_that_stays_away_is_service_unavailable_for_reads_and_a
             await repository.list_conversations(limit=10)
         # The consumer adapter nacks on this, and the broker hands the message out again later.
         with pytest.raises(psycopg2.OperationalError):
-            await repository.store_outbound(send())
+            await repository.store_outbound(send_message())
 
 
 async def test_a_status_racing_its_send_into_the_database_is_not_lost(
     repository: MessageRepository, engine: Engine
 ) -> None:
-    await repository.store_outbound(send(body="opens conversation 1"))
-    command = send(at=START + timedelta(minutes=1))
+    await repository.store_outbound(send_message(body="opens conversation 1"))
+    command = send_message(at=START + timedelta(minutes=1))
     async with engine.acquire() as sending:
         # The send's transaction has inserted the row but not committed when the status arrives.
         transaction = await sending.begin()
@@ -423,15 +364,17 @@ async def test_a_status_racing_its_send_into_the_database_is_not_lost(
                 conversation_id=1,
                 direction="outbound",
                 type="sms",
-                from_address=ME,
-                to_address=THEM,
+                from_address=OUR_PHONE,
+                to_address=THEIR_PHONE,
                 body="text message",
                 status="queued",
                 timestamp=command.content.timestamp,
             )
         )
-        status = asyncio.create_task(repository.store_status(status_of(command, MessageStatus.SENT)))
-        await _until_a_backend_waits_for_a_lock(engine)
+        status = asyncio.create_task(repository.store_status(status_changed(command, MessageStatus.SENT)))
+        await eventually(
+            lambda: _a_backend_waits_for_a_lock(engine), "a write to wait for the open transaction", timeout=10.0
+        )
         await transaction.commit()
 
         assert await asyncio.wait_for(status, timeout=10) is True
@@ -439,17 +382,12 @@ async def test_a_status_racing_its_send_into_the_database_is_not_lost(
     assert (await message_row(engine, command.message_id))["status"] == "sent"
 
 
-async def _until_a_backend_waits_for_a_lock(engine: Engine) -> None:
-    deadline = asyncio.get_running_loop().time() + 10.0
+async def _a_backend_waits_for_a_lock(engine: Engine) -> bool:
     query = sa.text(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
     )
-    while True:
-        async with engine.acquire() as connection:
-            if await connection.scalar(query) > 0:
-                return
-        assert asyncio.get_running_loop().time() < deadline, "no write ever waited for the open transaction"
-        await asyncio.sleep(0.02)
+    async with engine.acquire() as connection:
+        return await connection.scalar(query) > 0
 
 
 async def test_conversations_created_by_racing_writers_get_ids_without_gaps(
@@ -457,9 +395,11 @@ async def test_conversations_created_by_racing_writers_get_ids_without_gaps(
 ) -> None:
     # A send and its status reach the service at once for a conversation nobody has written to yet.
     for i in range(8):
-        command = send(ME, f"+1312555{i:04d}")
+        command = send_message(to_address=f"+1312555{i:04d}")
         await asyncio.gather(
-            repository.store_status(status_of(command, MessageStatus.SENT)), repository.store_outbound(command)
+            # Without provider ids: the sends may not share one (provider, provider_message_id).
+            repository.store_status(status_changed(command, provider_message_id=None)),
+            repository.store_outbound(command),
         )
 
     assert [row["id"] for row in await rows(engine, conversations, conversations.c.id)] == list(range(1, 9))

@@ -1,10 +1,9 @@
 """The whole conversation service on the real RabbitMQ and PostgreSQL: events in over the bus, JSON out."""
 
-import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import timedelta
 from typing import Any
 
 import aio_pika
@@ -14,36 +13,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from common.broker import BROKER, Topology
-from common.contracts import Channel, MessageContent, MessageReceived, SendMessage, inbound_message_id
+from common.contracts import Channel
 from conversation_service.app import create_app
 from conversation_service.settings import ConversationSettings
+from tests.factories import START, eventually, message_received, send_message
 
 pytestmark = pytest.mark.integration
-
-DEADLINE_SECONDS = 15.0
-
-
-def received(provider_message_id: str, body: str = "text message") -> MessageReceived:
-    return MessageReceived(
-        message_id=inbound_message_id("sms-provider", provider_message_id),
-        correlation_id=uuid.uuid4(),
-        provider="sms-provider",
-        provider_message_id=provider_message_id,
-        content=MessageContent(
-            channel=Channel.SMS,
-            from_address="+18045551234",
-            to_address="+12016661234",
-            body=body,
-            timestamp=datetime(2024, 11, 1, 14, tzinfo=UTC),
-        ),
-    )
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + DEADLINE_SECONDS
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, f"gave up waiting until {what}"
-        await asyncio.sleep(0.05)
 
 
 def count_messages(database_url: str, message_id: uuid.UUID) -> int:
@@ -83,7 +58,7 @@ async def test_a_published_event_is_stored_once_however_often_it_is_delivered(
 ) -> None:
     caplog.set_level(logging.INFO, logger="conversation_service.handlers")
     publisher = client.app[BROKER].publisher
-    event = received("message-1")
+    event = message_received(provider_message_id="message-1")
 
     await publisher.publish(event)
     await eventually(lambda: _stored(database_url, event.message_id), "the message is stored")
@@ -102,7 +77,7 @@ async def test_a_malformed_message_is_dead_lettered_and_the_next_one_still_store
 ) -> None:
     broker = client.app[BROKER]
     exchange = await broker.channel.get_exchange(broker.topology.exchange)
-    good = received("message-after-the-bad-one")
+    good = message_received(provider_message_id="message-after-the-bad-one")
 
     await exchange.publish(
         aio_pika.Message(b"{not json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key="inbound.sms"
@@ -125,19 +100,10 @@ async def test_a_malformed_message_is_dead_lettered_and_the_next_one_still_store
 
 async def test_the_read_api_serves_what_the_bus_delivered(client: TestClient, database_url: str) -> None:
     publisher = client.app[BROKER].publisher
-    command = SendMessage(
-        message_id=uuid.uuid4(),
-        correlation_id=uuid.uuid4(),
-        content=MessageContent(
-            channel=Channel.MMS,
-            from_address="+12016661234",
-            to_address="+18045551234",
-            body="a picture",
-            attachments=("https://example.com/a.png",),
-            timestamp=datetime(2024, 11, 1, 14, 5, tzinfo=UTC),
-        ),
+    command = send_message(
+        Channel.MMS, body="a picture", attachments=("https://example.com/a.png",), at=START + timedelta(minutes=5)
     )
-    replies = [received(f"message-{i}") for i in range(2)]
+    replies = [message_received(provider_message_id=f"message-{i}") for i in range(2)]
     for event in [*replies, command]:
         await publisher.publish(event)
     await eventually(lambda: _stored(database_url, command.message_id), "the send is stored")

@@ -1,13 +1,11 @@
 """The channel services' unit of work: send through the provider, publish what happened."""
 
-import uuid
-from datetime import UTC, datetime
-
 import pytest
 
 from common.broker import BrokerUnavailable
-from common.contracts import Channel, Contract, MessageContent, MessageStatus, MessageStatusChanged, SendMessage
+from common.contracts import Channel, Contract, MessageStatus, MessageStatusChanged, SendMessage
 from common.provider import EMAIL_PROVIDER, SMS_PROVIDER, SendHandler, SendOutcome
+from tests.factories import send_message
 
 
 class FakeProvider:
@@ -31,24 +29,10 @@ class FakePublisher:
         self.published.append(contract)
 
 
-def send_command(channel: Channel = Channel.SMS) -> SendMessage:
-    return SendMessage(
-        correlation_id=uuid.uuid4(),
-        message_id=uuid.uuid4(),
-        content=MessageContent(
-            channel=channel,
-            from_address="+12016661234",
-            to_address="+18045551234",
-            body="text message",
-            timestamp=datetime(2024, 11, 1, 14, tzinfo=UTC),
-        ),
-    )
-
-
 async def test_a_message_the_provider_took_is_published_as_sent_with_its_provider_id() -> None:
     provider = FakeProvider(SendOutcome.sent("SM123", attempts=2))
     publisher = FakePublisher()
-    command = send_command()
+    command = send_message()
 
     await SendHandler(provider, publisher, SMS_PROVIDER)(command)
 
@@ -70,7 +54,7 @@ async def test_a_message_the_provider_took_is_published_as_sent_with_its_provide
 async def test_a_message_the_provider_refused_is_published_as_failed_with_the_reason() -> None:
     reason = "provider answered HTTP 400: The from email does not contain a valid address."
     publisher = FakePublisher()
-    command = send_command(Channel.EMAIL)
+    command = send_message(Channel.EMAIL)
 
     await SendHandler(FakeProvider(SendOutcome.failed(reason, attempts=1)), publisher, EMAIL_PROVIDER)(command)
 
@@ -91,4 +75,4 @@ async def test_a_status_the_broker_did_not_take_fails_the_handler_so_the_command
     handler = SendHandler(FakeProvider(SendOutcome.sent("SM123", attempts=1)), publisher, SMS_PROVIDER)
 
     with pytest.raises(BrokerUnavailable):
-        await handler(send_command())
+        await handler(send_message())

@@ -1,29 +1,12 @@
 """The event handler with a fake store: each contract reaches its own write, and is logged with its ids."""
 
 import logging
-import uuid
-from datetime import UTC, datetime
 
 import pytest
 
-from common.contracts import (
-    Channel,
-    MessageContent,
-    MessageReceived,
-    MessageStatus,
-    MessageStatusChanged,
-    SendMessage,
-    message_event_adapter,
-)
+from common.contracts import MessageReceived, MessageStatusChanged, SendMessage, message_event_adapter
 from conversation_service.handlers import EventHandler
-
-CONTENT = MessageContent(
-    channel=Channel.SMS,
-    from_address="+12016661234",
-    to_address="+18045551234",
-    body="text message",
-    timestamp=datetime(2024, 11, 1, 14, tzinfo=UTC),
-)
+from tests.factories import message_received, send_message, status_changed
 
 
 class RecordingStore:
@@ -44,33 +27,10 @@ class RecordingStore:
         return self._changed
 
 
-def _send() -> SendMessage:
-    return SendMessage(message_id=uuid.uuid4(), correlation_id=uuid.uuid4(), content=CONTENT)
-
-
-def _received() -> MessageReceived:
-    return MessageReceived(
-        message_id=uuid.uuid4(),
-        correlation_id=uuid.uuid4(),
-        provider="sms-provider",
-        provider_message_id="message-1",
-        content=CONTENT,
-    )
-
-
-def _status() -> MessageStatusChanged:
-    command = _send()
-    return MessageStatusChanged(
-        message_id=command.message_id,
-        correlation_id=command.correlation_id,
-        status=MessageStatus.SENT,
-        provider="sms-provider",
-        attempts=1,
-        command=command,
-    )
-
-
-@pytest.mark.parametrize(("event", "write"), [(_send(), "outbound"), (_received(), "inbound"), (_status(), "status")])
+@pytest.mark.parametrize(
+    ("event", "write"),
+    [(send_message(), "outbound"), (message_received(), "inbound"), (status_changed(send_message()), "status")],
+)
 async def test_each_event_reaches_its_own_write(
     event: SendMessage | MessageReceived | MessageStatusChanged, write: str
 ) -> None:
@@ -85,7 +45,7 @@ async def test_each_event_reaches_its_own_write(
 async def test_a_stored_event_is_logged_with_its_message_and_correlation_ids(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    event = _received()
+    event = message_received()
     caplog.set_level(logging.INFO, logger="conversation_service.handlers")
 
     await EventHandler(RecordingStore())(event)
@@ -100,7 +60,7 @@ async def test_a_stored_event_is_logged_with_its_message_and_correlation_ids(
 async def test_a_replay_is_logged_as_changing_nothing(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="conversation_service.handlers")
 
-    await EventHandler(RecordingStore(changed=False))(_send())
+    await EventHandler(RecordingStore(changed=False))(send_message())
 
     (record,) = caplog.records
     assert record.getMessage() == "message event changed nothing"
@@ -113,4 +73,4 @@ async def test_a_store_failure_reaches_the_consumer_so_the_message_is_redelivere
             raise ConnectionError("database down")
 
     with pytest.raises(ConnectionError):
-        await EventHandler(FailingStore())(_send())
+        await EventHandler(FailingStore())(send_message())

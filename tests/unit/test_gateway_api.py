@@ -96,9 +96,7 @@ async def test_phone_numbers_are_normalized_to_e164(client: TestClient, publishe
     assert (content.from_address, content.to_address) == ("+12016661234", "+18045551234")
 
 
-async def test_mms_carries_its_attachments_to_the_mms_route(
-    client: TestClient, publisher: RecordingPublisher
-) -> None:
+async def test_mms_carries_its_attachments_to_the_mms_route(client: TestClient, publisher: RecordingPublisher) -> None:
     mms = {**SMS, "type": "mms", "attachments": ["https://example.com/image.jpg"]}
     response = await client.post("/api/messages/sms", json=mms)
 
@@ -147,15 +145,16 @@ async def test_unknown_fields_in_a_webhook_are_ignored(client: TestClient) -> No
     assert response.status == 202
 
 
-async def test_compatibility_routes_pick_the_channel_by_type(
-    client: TestClient, publisher: RecordingPublisher
-) -> None:
+async def test_compatibility_routes_pick_the_channel_by_type(client: TestClient, publisher: RecordingPublisher) -> None:
     outbound_email = await client.post("/messages/outbound/", json={**EMAIL, "type": "email"})
     outbound_sms = await client.post("/messages/outbound/", json=SMS)
     inbound_email = await client.post(
         "/messages/inbound/",
-        json={**{k: v for k, v in EMAIL_WEBHOOK.items() if k != "xillio_id"}, "type": "email",
-              "messaging_provider_id": "message-3"},
+        json={
+            **{k: v for k, v in EMAIL_WEBHOOK.items() if k != "xillio_id"},
+            "type": "email",
+            "messaging_provider_id": "message-3",
+        },
     )
 
     assert (outbound_email.status, outbound_sms.status, inbound_email.status) == (202, 202, 202)
@@ -181,8 +180,11 @@ async def test_compatibility_routes_pick_the_channel_by_type(
         ("/api/messages/sms", {**SMS, "attachments": ["https://example.com/a.png"]}, {"request"}),
         ("/api/messages/email", {**EMAIL, "to": "not-an-email"}, {"to"}),
         ("/api/messages/email", {**EMAIL, "from": "a@b"}, {"from"}),
-        ("/api/webhooks/sms", {k: v for k, v in SMS_WEBHOOK.items() if k != "messaging_provider_id"},
-         {"messaging_provider_id"}),
+        (
+            "/api/webhooks/sms",
+            {k: v for k, v in SMS_WEBHOOK.items() if k != "messaging_provider_id"},
+            {"messaging_provider_id"},
+        ),
         ("/api/webhooks/email", {**EMAIL_WEBHOOK, "xillio_id": ""}, {"xillio_id"}),
         ("/messages/outbound/", {**SMS, "type": "carrier-pigeon"}, {"request"}),
     ],

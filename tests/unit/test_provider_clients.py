@@ -2,7 +2,6 @@
 
 import base64
 import dataclasses
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,12 +14,13 @@ from aioresponses import aioresponses
 from aioresponses.core import RequestCall
 from yarl import URL
 
-from common.contracts import Channel, MessageContent, MessageStatus, SendMessage
+from common.contracts import Channel, MessageStatus, SendMessage
 from common.provider import ProviderClient, RetryPolicy, parse_retry_after
 from email_service.provider import EmailProviderClient, subject_of
 from email_service.settings import EmailSettings
 from sms_service.provider import SmsProviderClient
 from sms_service.settings import SmsSettings
+from tests.factories import send_message
 
 FAST_RETRY: dict[str, Any] = {
     "provider_max_attempts": 4,
@@ -29,22 +29,6 @@ FAST_RETRY: dict[str, Any] = {
     "provider_retry_after_cap_seconds": 30,
     "provider_deadline_seconds": 60,
 }
-
-
-def command(channel: Channel, attachments: tuple[str, ...] = ()) -> SendMessage:
-    email = channel is Channel.EMAIL
-    return SendMessage(
-        correlation_id=uuid.uuid4(),
-        message_id=uuid.uuid4(),
-        content=MessageContent(
-            channel=channel,
-            from_address="user@usehatchapp.com" if email else "+12016661234",
-            to_address="contact@gmail.com" if email else "+18045551234",
-            body="<p>Hello &amp; welcome</p>" if email else "text message",
-            attachments=attachments,
-            timestamp=datetime(2024, 11, 1, 14, tzinfo=UTC),
-        ),
-    )
 
 
 def check_twilio_request(call: RequestCall, sent: SendMessage) -> None:
@@ -73,9 +57,10 @@ def check_sendgrid_request(call: RequestCall, sent: SendMessage) -> None:
 
 @dataclass(frozen=True)
 class ProviderCase:
-    """One provider: how to reach it, and how its success and refusal answers look."""
+    """One provider: the body it is sent, how to reach it, and how its success and refusal answers look."""
 
     channel: Channel
+    body: str
     make_client: Callable[[RetryPolicy | None], ProviderClient[Any]]
     url: str
     accepted: dict[str, Any]
@@ -96,6 +81,7 @@ EMAIL_SETTINGS = EmailSettings(email_provider_url="http://email.test", email_pro
 CASES = [
     ProviderCase(
         channel=Channel.MMS,
+        body="text message",
         make_client=lambda retry: SmsProviderClient(SMS_SETTINGS, retry=retry),
         url="http://sms.test/2010-04-01/Accounts/ACtest/Messages.json",
         accepted={"status": 201, "payload": {"sid": "SM123", "status": "queued"}},
@@ -106,6 +92,7 @@ CASES = [
     ),
     ProviderCase(
         channel=Channel.EMAIL,
+        body="<p>Hello &amp; welcome</p>",
         make_client=lambda retry: EmailProviderClient(EMAIL_SETTINGS, retry=retry),
         url="http://email.test/v3/mail/send",
         accepted={"status": 202, "body": "", "headers": {"X-Message-Id": "sg-123"}},
@@ -150,7 +137,9 @@ def sent_requests(provider: aioresponses, case: ProviderCase) -> list[RequestCal
 
 
 def a_command(case: ProviderCase) -> SendMessage:
-    return command(case.channel, ("https://example.com/a.png", "https://example.com/b.png"))
+    return send_message(
+        case.channel, body=case.body, attachments=("https://example.com/a.png", "https://example.com/b.png")
+    )
 
 
 async def test_a_send_posts_the_message_once_and_reads_the_provider_id(
@@ -277,7 +266,7 @@ async def test_an_acceptance_without_a_message_id_is_a_failure(
 
 async def test_an_sms_without_media_posts_no_media_url() -> None:
     async with SmsProviderClient(SMS_SETTINGS) as client:
-        request = client.build_request(command(Channel.SMS))
+        request = client.build_request(send_message(Channel.SMS))
 
     assert request.form is not None and [name for name, _ in request.form] == ["To", "From", "Body"]
 
