@@ -61,9 +61,7 @@ class Topology:
         return (self.sms_outbound, self.email_outbound, self.conversation_events)
 
 
-async def declare_topology(
-    channel: AbstractChannel, topology: Topology, delivery_limit: int
-) -> AbstractExchange:
+async def declare_topology(channel: AbstractChannel, topology: Topology, delivery_limit: int) -> AbstractExchange:
     exchange = await channel.declare_exchange(topology.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
     dead_letters = await channel.declare_exchange(
         topology.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True
@@ -118,8 +116,13 @@ class Publisher:
             await self._exchange.publish(
                 message, routing_key=contract.routing_key, mandatory=True, timeout=PUBLISH_TIMEOUT_SECONDS
             )
-        except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, ConnectionError,
-                TimeoutError, RuntimeError) as error:
+        except (
+            aiormq.exceptions.AMQPError,
+            aiormq.exceptions.ChannelInvalidStateError,
+            ConnectionError,
+            TimeoutError,
+            RuntimeError,
+        ) as error:
             raise BrokerUnavailable(f"broker did not confirm {contract.routing_key}: {error!r}") from error
 
 
@@ -214,13 +217,19 @@ class Consumer(Generic[ContractT]):
             self._in_flight.discard(task)
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
-        context = {"queue": self._queue.name, "amqp_message_id": message.message_id,
-                   "correlation_id": message.correlation_id, "routing_key": message.routing_key}
+        context = {
+            "queue": self._queue.name,
+            "amqp_message_id": message.message_id,
+            "correlation_id": message.correlation_id,
+            "routing_key": message.routing_key,
+        }
         try:
             contract = self._parse(message.body)
         except ValidationError as error:
-            log.error("dead-lettering a message that breaks the contract",
-                      extra={**context, "errors": error.errors(include_url=False, include_context=False)})
+            log.error(
+                "dead-lettering a message that breaks the contract",
+                extra={**context, "errors": error.errors(include_url=False, include_context=False)},
+            )
             await message.reject(requeue=False)
             return
         try:

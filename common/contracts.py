@@ -135,6 +135,4 @@ class MessageStatusChanged(Contract):
 
 
 MessageEvent = Annotated[SendMessage | MessageReceived | MessageStatusChanged, Field(discriminator="kind")]
-message_event_adapter: TypeAdapter[SendMessage | MessageReceived | MessageStatusChanged] = TypeAdapter(
-    MessageEvent
-)
+message_event_adapter: TypeAdapter[SendMessage | MessageReceived | MessageStatusChanged] = TypeAdapter(MessageEvent)

@@ -13,7 +13,6 @@ from common.broker import BrokerUnavailable
 log = logging.getLogger(__name__)
 
 
-
 class ServiceError(Exception):
     status = 500
     code = "internal_error"
@@ -65,9 +64,7 @@ async def read_json(request: web.Request) -> Any:
     try:
         document = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise MalformedRequest(
-            "request body is not valid JSON", [{"field": "body", "reason": str(error)}]
-        ) from error
+        raise MalformedRequest("request body is not valid JSON", [{"field": "body", "reason": str(error)}]) from error
     return document
 
 
@@ -100,8 +97,11 @@ async def error_middleware(
         if error.empty_body or error.status < 400:
             raise
         code = error.reason.lower().replace(" ", "_")
-        return web.json_response(error_body(code, error.text or error.reason), status=error.status,
-                                 headers={k: v for k, v in error.headers.items() if k.lower() == "allow"})
+        return web.json_response(
+            error_body(code, error.text or error.reason),
+            status=error.status,
+            headers={k: v for k, v in error.headers.items() if k.lower() == "allow"},
+        )
     except Exception:
         log.exception("unhandled error", extra={"path": request.path, "method": request.method})
         return web.json_response(error_body("internal_error", "internal server error"), status=500)

@@ -30,9 +30,7 @@ class ServiceSettings(ProcessSettings):
         "can share one RabbitMQ vhost without seeing each other's messages",
     )
     consumer_prefetch: int = Field(32, ge=1, description="Unacknowledged deliveries a consumer holds at once")
-    delivery_limit: int = Field(
-        20, ge=1, description="Deliveries of one message before the broker dead-letters it"
-    )
+    delivery_limit: int = Field(20, ge=1, description="Deliveries of one message before the broker dead-letters it")
     shutdown_grace_seconds: float = Field(
         10.0, gt=0, description="How long a stopping consumer waits for in-flight messages"
     )

@@ -21,9 +21,7 @@ def create_app(settings: GatewaySettings, *, publisher: ContractPublisher | None
         app.cleanup_ctx.append(_intake_ctx)
     else:
         app[MESSAGE_INTAKE] = MessageIntake(publisher)
-    app.cleanup_ctx.append(
-        conversation_reader_ctx(settings.conversation_service_url, settings.read_timeout_seconds)
-    )
+    app.cleanup_ctx.append(conversation_reader_ctx(settings.conversation_service_url, settings.read_timeout_seconds))
     add_routes(app)
     return app
 

@@ -25,9 +25,7 @@ class ConversationReader:
 CONVERSATION_READER = web.AppKey("conversation_reader", ConversationReader)
 
 
-def conversation_reader_ctx(
-    base_url: str, timeout_seconds: float
-) -> Callable[[web.Application], AsyncIterator[None]]:
+def conversation_reader_ctx(base_url: str, timeout_seconds: float) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_seconds)) as session:
             app[CONVERSATION_READER] = ConversationReader(session, base_url)

@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from typing import Annotated, ClassVar, Literal
 
 import phonenumbers
-from common.provider import EMAIL_PROVIDER, SMS_PROVIDER
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
@@ -26,6 +25,7 @@ from pydantic import (
 )
 
 from common.contracts import Channel, MessageContent, utcnow
+from common.provider import EMAIL_PROVIDER, SMS_PROVIDER
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,9 @@ EmailAddress = Annotated[
 ]
 AttachmentUrl = Annotated[str, StringConstraints(max_length=2048), AfterValidator(_check_url)]
 Timestamp = Annotated[datetime, AfterValidator(_as_utc)]
-ProviderMessageId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255),
-                              AfterValidator(_reject_nul)]
+ProviderMessageId = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255), AfterValidator(_reject_nul)
+]
 
 
 class MessageRequest(BaseModel):
@@ -191,6 +192,4 @@ Webhook = SmsWebhook | EmailWebhook
 send_request_adapter: TypeAdapter[SendRequest] = TypeAdapter(
     Annotated[SendSmsRequest | SendEmailRequest, Field(discriminator="type")]
 )
-webhook_adapter: TypeAdapter[Webhook] = TypeAdapter(
-    Annotated[SmsWebhook | EmailWebhook, Field(discriminator="type")]
-)
+webhook_adapter: TypeAdapter[Webhook] = TypeAdapter(Annotated[SmsWebhook | EmailWebhook, Field(discriminator="type")])
