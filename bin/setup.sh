@@ -45,13 +45,14 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
 fi
 
 if ! "$VENV/bin/python" bin/preflight.py 2>/dev/null; then
-    if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+    if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then
         say "starting PostgreSQL and RabbitMQ with docker compose"
         docker compose up -d --wait postgres rabbitmq
-    fi
-    if ! "$VENV/bin/python" bin/preflight.py --wait 30; then
-        say "Start the services above (or point DATABASE_URL / AMQP_URL at running ones), then run this again."
-        say "No Docker engine answered, so they could not be started for you."
+        "$VENV/bin/python" bin/preflight.py --wait 30 || exit 1
+    else
+        "$VENV/bin/python" bin/preflight.py || true
+        say "Start the services above, or point DATABASE_URL / AMQP_URL (environment or .env) at running ones,"
+        say "then run this again. They could not be started for you: no Docker engine with compose answered."
         exit 1
     fi
 fi
