@@ -20,13 +20,6 @@ find_python() {
     exit 1
 }
 
-if [ -f .env ]; then
-    set -a
-    # shellcheck disable=SC1091
-    . ./.env
-    set +a
-fi
-
 if [ ! -x "$VENV/bin/python" ]; then
     python=$(find_python)
     say "creating $VENV with $($python --version)"

@@ -5,18 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Text logs read better in a terminal; set LOG_FORMAT=json to get what docker-compose ships.
-export LOG_FORMAT=${LOG_FORMAT:-text}
+# Text logs read better in a terminal; LOG_FORMAT=json (environment or .env) gives what docker-compose ships.
+if [ -z "${LOG_FORMAT:-}" ] && ! grep -qs '^LOG_FORMAT=' .env; then
+    export LOG_FORMAT=text
+fi
 
 bin/setup.sh
 VENV=${VENV:-.venv}
 PY="$VENV/bin/python"
-if [ -f .env ]; then
-    set -a
-    # shellcheck disable=SC1091
-    . ./.env
-    set +a
-fi
+# .env is not sourced here: every process reads it itself, below whatever the environment sets.
 
 pids=()
 run_service() {
@@ -42,16 +39,7 @@ run_service sms_service "$PY" -m sms_service
 run_service email_service "$PY" -m email_service
 run_service gateway "$PY" -m gateway
 
-health_urls=(
-    "http://127.0.0.1:${SMS_PROVIDER_PORT:-9001}/healthz"
-    "http://127.0.0.1:${EMAIL_PROVIDER_PORT:-9002}/healthz"
-    "http://127.0.0.1:${CONVERSATION_SERVICE_PORT:-8083}/readyz"
-    "http://127.0.0.1:${SMS_SERVICE_PORT:-8081}/readyz"
-    "http://127.0.0.1:${EMAIL_SERVICE_PORT:-8082}/readyz"
-    "http://127.0.0.1:${GATEWAY_PORT:-8080}/readyz"
-)
-"$PY" bin/wait_ready.py --timeout "${START_TIMEOUT_SECONDS:-60}" "${health_urls[@]}"
-echo "[start] the stack is ready: API at http://127.0.0.1:${GATEWAY_PORT:-8080} (Ctrl-C stops it)" >&2
+"$PY" bin/wait_ready.py --timeout "${START_TIMEOUT_SECONDS:-60}"
 
 # Whichever process exits first, on its own, takes the rest down with it.
 set +e
