@@ -107,7 +107,7 @@ class Publisher:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=str(contract.event_id),
             correlation_id=str(contract.correlation_id),
-            type=getattr(contract, "kind", None),
+            type=contract.kind,
             timestamp=contract.occurred_at,
         )
         try:
@@ -128,13 +128,17 @@ class Publisher:
 
 @dataclass
 class Broker:
+    """A channel for publishing and one for consuming: a channel error or flow control on one side
+    (a refused publish, a bad ack) then cannot close or stall the other."""
+
     connection: AbstractRobustConnection
-    channel: AbstractChannel
+    publish_channel: AbstractChannel
+    consume_channel: AbstractChannel
     topology: Topology
     publisher: Publisher
 
     def is_ready(self) -> bool:
-        return not self.connection.is_closed and not self.channel.is_closed
+        return not (self.connection.is_closed or self.publish_channel.is_closed or self.consume_channel.is_closed)
 
 
 BROKER = web.AppKey("broker", Broker)
@@ -144,11 +148,12 @@ def broker_ctx(settings: ServiceSettings) -> Callable[[web.Application], AsyncIt
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         connection = await aio_pika.connect_robust(settings.amqp_url)
         try:
-            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            await channel.set_qos(prefetch_count=settings.consumer_prefetch)
+            publish_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            consume_channel = await connection.channel()
+            await consume_channel.set_qos(prefetch_count=settings.consumer_prefetch)
             topology = Topology(settings.broker_namespace)
-            exchange = await declare_topology(channel, topology, settings.delivery_limit)
-            app[BROKER] = Broker(connection, channel, topology, Publisher(exchange))
+            exchange = await declare_topology(publish_channel, topology, settings.delivery_limit)
+            app[BROKER] = Broker(connection, publish_channel, consume_channel, topology, Publisher(exchange))
             app[READINESS_CHECKS]["broker"] = _as_check(app[BROKER].is_ready)
             yield
         finally:
@@ -254,7 +259,7 @@ def consumer_ctx(
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         broker = app[BROKER]
-        queue = await broker.channel.get_queue(queue_spec(broker.topology).name, ensure=True)
+        queue = await broker.consume_channel.get_queue(queue_spec(broker.topology).name, ensure=True)
         consumer = Consumer(queue, parse, make_handler(app))
         await consumer.start()
         yield

@@ -17,6 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 # send repeated with one Idempotency-Key) are UUIDv5 in this namespace.
 MESSAGE_ID_NAMESPACE = uuid.UUID("8f1c6f0e-3d4b-5c2a-9e7f-6a1b2c3d4e5f")
 
+# Who sent or received a message, as stored with it and as part of an inbound message's id.
+SMS_PROVIDER = "sms-provider"
+EMAIL_PROVIDER = "email-provider"
+
 
 class Channel(StrEnum):
     SMS = "sms"
@@ -51,10 +55,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def outbound_message_id(idempotency_key: str | None) -> uuid.UUID:
+def outbound_message_id(idempotency_key: str | None, request_fingerprint: str) -> uuid.UUID:
+    """A new id, or with a client's key the same id for the same request. The request is part of it
+    so that a key reused for a different message cannot make that message vanish as a duplicate."""
     if idempotency_key is None:
         return uuid.uuid4()
-    return uuid.uuid5(MESSAGE_ID_NAMESPACE, f"idempotency-key:{idempotency_key}")
+    return uuid.uuid5(MESSAGE_ID_NAMESPACE, f"idempotency-key:{idempotency_key}\n{request_fingerprint}")
 
 
 def inbound_message_id(provider: str, provider_message_id: str) -> uuid.UUID:
@@ -64,6 +70,7 @@ def inbound_message_id(provider: str, provider_message_id: str) -> uuid.UUID:
 class Contract(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    kind: str
     schema_version: Literal[1] = 1
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
     correlation_id: uuid.UUID

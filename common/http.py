@@ -1,8 +1,8 @@
 """The one error middleware every HTTP app uses: views raise, this turns it into JSON."""
 
-import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from aiohttp import web
@@ -38,11 +38,6 @@ class NotFound(ServiceError):
     code = "not_found"
 
 
-class Conflict(ServiceError):
-    status = 409
-    code = "conflict"
-
-
 class ServiceUnavailable(ServiceError):
     status = 503
     code = "service_unavailable"
@@ -59,13 +54,16 @@ def validation_details(error: ValidationError) -> list[dict[str, Any]]:
     ]
 
 
-async def read_json(request: web.Request) -> Any:
-    raw = await request.read()
+@contextmanager
+def request_validation() -> Iterator[None]:
+    """Turn a validation failure of the client's input into its 4xx; use it around input parsing only,
+    so that a model the service builds itself and gets wrong is a 500, not the client's fault."""
     try:
-        document = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise MalformedRequest("request body is not valid JSON", [{"field": "body", "reason": str(error)}]) from error
-    return document
+        yield
+    except ValidationError as error:
+        if all(item["type"] == "json_invalid" for item in error.errors()):
+            raise MalformedRequest("request body is not valid JSON", validation_details(error)) from error
+        raise InvalidRequest("request is invalid", validation_details(error)) from error
 
 
 def error_body(code: str, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -81,10 +79,6 @@ async def error_middleware(
 ) -> web.StreamResponse:
     try:
         return await handler(request)
-    except ValidationError as error:
-        return web.json_response(
-            error_body("invalid_request", "request is invalid", validation_details(error)), status=422
-        )
     except ServiceError as error:
         return web.json_response(error_body(error.code, error.message, error.details), status=error.status)
     except BrokerUnavailable as error:

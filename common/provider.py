@@ -1,10 +1,11 @@
-"""Sending a message through a provider's HTTP API, and the channel service built around it.
+"""Sending a message through a provider's HTTP API.
 
 Retry lives here, around the one HTTP call and nowhere else: a transient failure (429, 5xx, a
 connection error, a timeout) is retried with exponential backoff and full jitter, waiting at least
 what the provider's `Retry-After` asks, until the attempts or the total deadline run out; any other
 4xx fails at once. Every attempt carries the message id as `Idempotency-Key`, so a retry, or a
-redelivery of the whole command, never sends twice.
+redelivery of the whole command, is sent once by a provider that honours the key (the mocks do;
+with a real provider this guarantee is only as good as its idempotency support).
 """
 
 import asyncio
@@ -12,8 +13,7 @@ import json
 import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -21,7 +21,6 @@ from types import TracebackType
 from typing import Any, Generic, Literal, Protocol, Self, TypeVar
 
 import aiohttp
-from aiohttp import web
 from pydantic import Field
 from pydantic_settings import BaseSettings
 from tenacity import (
@@ -33,16 +32,9 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from common.broker import BROKER, ContractPublisher, QueueSpec, Topology, broker_ctx, consumer_ctx
-from common.contracts import MessageStatus, MessageStatusChanged, SendMessage, utcnow
-from common.health import add_health_routes
-from common.http import error_middleware
-from common.settings import ServiceSettings
+from common.contracts import MessageStatus, SendMessage, utcnow
 
 log = logging.getLogger(__name__)
-
-SMS_PROVIDER = "sms-provider"
-EMAIL_PROVIDER = "email-provider"
 
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
 
@@ -283,83 +275,3 @@ def _log_retry(command: SendMessage, state: RetryCallState) -> None:
             "error": str(error),
         },
     )
-
-
-class SendHandler:
-    """Sends one `SendMessage` through the provider and publishes the outcome as `MessageStatusChanged`.
-
-    A publish failure propagates, so the command is redelivered and sent again; the provider sees
-    the same idempotency key and answers with the original result instead of sending twice.
-    """
-
-    def __init__(self, provider: MessageSender, publisher: ContractPublisher, provider_name: str) -> None:
-        self._provider = provider
-        self._publisher = publisher
-        self._provider_name = provider_name
-
-    async def __call__(self, command: SendMessage) -> None:
-        outcome = await self._provider.send(command)
-        event = MessageStatusChanged(
-            correlation_id=command.correlation_id,
-            message_id=command.message_id,
-            status=outcome.status,
-            provider=self._provider_name,
-            provider_message_id=outcome.provider_message_id,
-            attempts=outcome.attempts,
-            error=outcome.error,
-            command=command,
-        )
-        await self._publisher.publish(event)
-        log.log(
-            logging.INFO if outcome.status is MessageStatus.SENT else logging.WARNING,
-            f"message {outcome.status}",
-            extra={
-                "message_id": str(command.message_id),
-                "correlation_id": str(command.correlation_id),
-                "provider": self._provider_name,
-                "provider_message_id": outcome.provider_message_id,
-                "attempts": outcome.attempts,
-                "error": outcome.error,
-            },
-        )
-
-
-PROVIDER: web.AppKey[MessageSender] = web.AppKey("provider")
-
-
-def provider_ctx(
-    make_client: Callable[[], ProviderClient[Any]], override: MessageSender | None = None
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A cleanup_ctx that puts the provider client on the app; it closes only a client it made itself."""
-
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        async with AsyncExitStack() as owned:
-            app[PROVIDER] = override if override is not None else await owned.enter_async_context(make_client())
-            yield
-
-    return ctx
-
-
-def create_channel_app(
-    settings: ServiceSettings,
-    *,
-    queue: Callable[[Topology], QueueSpec],
-    provider_name: str,
-    make_client: Callable[[], ProviderClient[Any]],
-    provider: MessageSender | None = None,
-) -> web.Application:
-    """A channel service: consume its outbound queue, send each message through the provider, publish
-    the outcome. `provider` replaces the real client in tests."""
-    app = web.Application(middlewares=[error_middleware])
-    add_health_routes(app)
-    app.cleanup_ctx.append(broker_ctx(settings))
-    app.cleanup_ctx.append(provider_ctx(make_client, provider))
-    app.cleanup_ctx.append(
-        consumer_ctx(
-            settings,
-            queue,
-            SendMessage.model_validate_json,
-            lambda app: SendHandler(app[PROVIDER], app[BROKER].publisher, provider_name),
-        )
-    )
-    return app

@@ -5,6 +5,7 @@ import uuid
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from common.http import request_validation
 from conversation_service.models import ConversationList, MessageList
 from conversation_service.pagination import MAX_BIGINT
 from conversation_service.repository import MessageRepository
@@ -39,7 +40,8 @@ class MessagePath(BaseModel):
 
 def _page(request: web.Request) -> tuple[int, str | None]:
     settings = request.app[SETTINGS]
-    query = PageQuery.model_validate(dict(request.query), context=settings)
+    with request_validation():
+        query = PageQuery.model_validate(dict(request.query), context=settings)
     return query.limit or settings.default_page_size, query.cursor
 
 
@@ -54,14 +56,16 @@ async def list_conversations(request: web.Request) -> web.Response:
 
 
 async def list_messages(request: web.Request) -> web.Response:
-    path = ConversationPath.model_validate(request.match_info)
+    with request_validation():
+        path = ConversationPath.model_validate(request.match_info)
     limit, cursor = _page(request)
     page = await request.app[REPOSITORY].list_messages(path.conversation_id, limit, cursor)
     return _json(MessageList(conversation_id=path.conversation_id, messages=page.items, next_cursor=page.next_cursor))
 
 
 async def get_message(request: web.Request) -> web.Response:
-    path = MessagePath.model_validate(request.match_info)
+    with request_validation():
+        path = MessagePath.model_validate(request.match_info)
     return _json(await request.app[REPOSITORY].get_message(path.message_id))
 
 

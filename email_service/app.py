@@ -1,6 +1,8 @@
 from aiohttp import web
 
-from common.provider import EMAIL_PROVIDER, MessageSender, create_channel_app
+from common.channel import create_channel_app
+from common.contracts import EMAIL_PROVIDER
+from common.provider import MessageSender
 from email_service.provider import EmailProviderClient
 from email_service.settings import EmailSettings
 

@@ -24,7 +24,7 @@ from gateway.requests import SendRequest, Webhook
 
 
 class AcceptedMessage(BaseModel):
-    """What a client sees once its message is queued; the same fields as the read API's messages."""
+    """What a client sees once its message is queued: the read API's message fields known at that point."""
 
     model_config = ConfigDict(frozen=True, populate_by_name=True)
 
@@ -73,7 +73,7 @@ class MessageIntake:
         self, request: SendRequest, *, idempotency_key: str | None, correlation_id: uuid.UUID
     ) -> AcceptedMessage:
         command = SendMessage(
-            message_id=outbound_message_id(idempotency_key),
+            message_id=outbound_message_id(idempotency_key, request.model_dump_json()),
             correlation_id=correlation_id,
             content=request.to_content(),
         )

@@ -1,12 +1,22 @@
 """Reads are owned by conversation_service: the gateway forwards them and relays the answer."""
 
+import logging
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 
 from common.http import ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UpstreamAnswer:
+    status: int
+    body: bytes
+    content_type: str
 
 
 class ConversationReader:
@@ -14,12 +24,15 @@ class ConversationReader:
         self._session = session
         self._base_url = base_url.rstrip("/")
 
-    async def get(self, path: str, query: Mapping[str, str]) -> tuple[int, Any]:
+    async def get(self, path: str, query: Mapping[str, str]) -> UpstreamAnswer:
+        """The upstream answer as it came: relaying the bytes costs no JSON round trip."""
         try:
             async with self._session.get(f"{self._base_url}{path}", params=query) as response:
-                return response.status, await response.json()
+                return UpstreamAnswer(response.status, await response.read(), response.content_type)
         except (aiohttp.ClientError, TimeoutError) as error:
-            raise ServiceUnavailable(f"conversation service unavailable: {error!r}") from error
+            # The detail names internal hosts: it is for the log, not for the client.
+            log.warning("conversation service unreachable", extra={"path": path, "error": repr(error)})
+            raise ServiceUnavailable("the conversation service is unavailable; retry later") from error
 
 
 CONVERSATION_READER = web.AppKey("conversation_reader", ConversationReader)

@@ -24,22 +24,23 @@ from pydantic import (
     model_validator,
 )
 
-from common.contracts import Channel, MessageContent, utcnow
-from common.provider import EMAIL_PROVIDER, SMS_PROVIDER
+from common.contracts import EMAIL_PROVIDER, SMS_PROVIDER, Channel, MessageContent, utcnow
 
 
 @dataclass(frozen=True)
 class ValidationRules:
-    """The deployment's limits, handed to the models as pydantic validation context."""
+    """The deployment's limits (from GatewaySettings), handed to the models as validation context."""
 
-    default_phone_region: str = "US"
-    sms_body_max_chars: int = 1600
-    email_body_max_chars: int = 1_000_000
-    max_attachments: int = 10
+    default_phone_region: str
+    sms_body_max_chars: int
+    email_body_max_chars: int
+    max_attachments: int
 
 
 def _rules(info: ValidationInfo) -> ValidationRules:
-    return info.context if isinstance(info.context, ValidationRules) else ValidationRules()
+    if not isinstance(info.context, ValidationRules):
+        raise TypeError("request models are validated with ValidationRules as context")
+    return info.context
 
 
 def _normalize_phone(value: str, info: ValidationInfo) -> str:
@@ -76,7 +77,10 @@ def _check_url(value: str) -> str:
 
 
 def _as_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError as error:
+        raise ValueError("is out of range once converted to UTC") from error
 
 
 Text = Annotated[str, AfterValidator(_reject_nul)]
@@ -86,7 +90,9 @@ PhoneNumber = Annotated[
 EmailAddress = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=3, max_length=320), AfterValidator(_normalize_email)
 ]
-AttachmentUrl = Annotated[str, StringConstraints(max_length=2048), AfterValidator(_check_url)]
+AttachmentUrl = Annotated[
+    str, StringConstraints(max_length=2048), AfterValidator(_reject_nul), AfterValidator(_check_url)
+]
 Timestamp = Annotated[datetime, AfterValidator(_as_utc)]
 ProviderMessageId = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255), AfterValidator(_reject_nul)
@@ -162,7 +168,12 @@ class SendSmsRequest(SmsFields):
 
 
 class SendEmailRequest(EmailFields):
-    pass
+    @model_validator(mode="after")
+    def _has_a_body(self) -> "SendEmailRequest":
+        # The provider refuses an empty email, so accepting one would only queue a certain failure.
+        if not self.body.strip():
+            raise ValueError("an email needs a body")
+        return self
 
 
 class SmsWebhook(SmsFields):

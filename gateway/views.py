@@ -8,7 +8,7 @@ from urllib.parse import quote
 from aiohttp import web
 from pydantic import TypeAdapter
 
-from common.http import InvalidRequest, read_json
+from common.http import InvalidRequest, request_validation
 from gateway.handlers import AcceptedMessage, MessageIntake
 from gateway.reads import CONVERSATION_READER
 from gateway.requests import (
@@ -51,7 +51,9 @@ def _idempotency_key(request: web.Request) -> str | None:
 
 
 async def _validated(request: web.Request, adapter: TypeAdapter[ModelT]) -> ModelT:
-    return adapter.validate_python(await read_json(request), context=request.app[VALIDATION_RULES])
+    raw = await request.read()
+    with request_validation():
+        return adapter.validate_json(raw, context=request.app[VALIDATION_RULES])
 
 
 def _accepted(message: AcceptedMessage, correlation_id: uuid.UUID) -> web.Response:
@@ -90,8 +92,8 @@ def relay_read(upstream_path: str) -> View:
 
     async def view(request: web.Request) -> web.Response:
         segments = {name: quote(value, safe="") for name, value in request.match_info.items()}
-        status, body = await request.app[CONVERSATION_READER].get(upstream_path.format(**segments), request.query)
-        return web.json_response(body, status=status)
+        answer = await request.app[CONVERSATION_READER].get(upstream_path.format(**segments), request.query)
+        return web.Response(body=answer.body, status=answer.status, content_type=answer.content_type)
 
     return view
 

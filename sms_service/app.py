@@ -1,6 +1,8 @@
 from aiohttp import web
 
-from common.provider import SMS_PROVIDER, MessageSender, create_channel_app
+from common.channel import create_channel_app
+from common.contracts import SMS_PROVIDER
+from common.provider import MessageSender
 from sms_service.provider import SmsProviderClient
 from sms_service.settings import SmsSettings
 

@@ -6,6 +6,8 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from common.contracts import (
+    EMAIL_PROVIDER,
+    SMS_PROVIDER,
     Channel,
     MessageContent,
     MessageReceived,
@@ -14,7 +16,6 @@ from common.contracts import (
     SendMessage,
     inbound_message_id,
 )
-from common.provider import EMAIL_PROVIDER, SMS_PROVIDER
 
 OUR_PHONE = "+12016661234"
 THEIR_PHONE = "+18045551234"

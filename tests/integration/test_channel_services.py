@@ -13,9 +13,15 @@ from pydantic import ValidationError
 from pytest_aiohttp import AiohttpServer
 
 from common.broker import BROKER, QueueSpec, Topology
-from common.contracts import Channel, MessageStatus, MessageStatusChanged, message_event_adapter
+from common.contracts import (
+    EMAIL_PROVIDER,
+    SMS_PROVIDER,
+    Channel,
+    MessageStatus,
+    MessageStatusChanged,
+    message_event_adapter,
+)
 from common.mock_provider import MOCK_STATE
-from common.provider import EMAIL_PROVIDER, SMS_PROVIDER
 from email_service import mock_provider as email_mock
 from email_service.app import create_app as create_email_app
 from email_service.settings import EmailSettings

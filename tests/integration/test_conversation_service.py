@@ -76,7 +76,7 @@ async def test_a_malformed_message_is_dead_lettered_and_the_next_one_still_store
     client: TestClient, database_url: str, broker_namespace: str
 ) -> None:
     broker = client.app[BROKER]
-    exchange = await broker.channel.get_exchange(broker.topology.exchange)
+    exchange = await broker.publish_channel.get_exchange(broker.topology.exchange)
     good = message_received(provider_message_id="message-after-the-bad-one")
 
     await exchange.publish(
@@ -85,7 +85,9 @@ async def test_a_malformed_message_is_dead_lettered_and_the_next_one_still_store
     await broker.publisher.publish(good)
 
     await eventually(lambda: _stored(database_url, good.message_id), "the good message is stored")
-    dead_letters = await broker.channel.get_queue(Topology(broker_namespace).conversation_events.dead_letter_name)
+    dead_letters = await broker.consume_channel.get_queue(
+        Topology(broker_namespace).conversation_events.dead_letter_name
+    )
     bodies: list[bytes] = []
 
     async def dead_lettered() -> bool:

@@ -3,8 +3,17 @@
 import pytest
 
 from common.broker import BrokerUnavailable
-from common.contracts import Channel, Contract, MessageStatus, MessageStatusChanged, SendMessage
-from common.provider import EMAIL_PROVIDER, SMS_PROVIDER, SendHandler, SendOutcome
+from common.channel import SendHandler
+from common.contracts import (
+    EMAIL_PROVIDER,
+    SMS_PROVIDER,
+    Channel,
+    Contract,
+    MessageStatus,
+    MessageStatusChanged,
+    SendMessage,
+)
+from common.provider import SendOutcome
 from tests.factories import send_message
 
 

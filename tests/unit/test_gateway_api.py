@@ -7,8 +7,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from common.broker import BrokerUnavailable
-from common.contracts import Contract, MessageReceived, SendMessage, inbound_message_id
-from common.provider import EMAIL_PROVIDER, SMS_PROVIDER
+from common.contracts import EMAIL_PROVIDER, SMS_PROVIDER, Contract, MessageReceived, SendMessage, inbound_message_id
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 
@@ -105,12 +104,16 @@ async def test_mms_carries_its_attachments_to_the_mms_route(client: TestClient, 
     assert publisher.published[0].routing_key == "outbound.mms"
 
 
-async def test_email_send_lower_cases_addresses(client: TestClient, publisher: RecordingPublisher) -> None:
-    response = await client.post("/api/messages/email", json={**EMAIL, "to": "Contact@Gmail.com"})
+async def test_email_addresses_are_lower_cased_so_a_conversation_has_one_spelling(
+    client: TestClient, publisher: RecordingPublisher
+) -> None:
+    send = await client.post("/api/messages/email", json={**EMAIL, "to": "Contact@Gmail.com"})
+    reply = await client.post("/api/webhooks/email", json={**EMAIL_WEBHOOK, "from": "CONTACT@gmail.com "})
 
-    assert response.status == 202
-    assert (await response.json())["to"] == "contact@gmail.com"
+    assert (send.status, reply.status) == (202, 202)
+    assert (await send.json())["to"] == "contact@gmail.com"
     assert publisher.published[0].routing_key == "outbound.email"
+    assert publisher.published[1].content.from_address == "contact@gmail.com"  # type: ignore[attr-defined]
 
 
 async def test_idempotency_key_gives_the_same_message_id(client: TestClient) -> None:
@@ -118,9 +121,12 @@ async def test_idempotency_key_gives_the_same_message_id(client: TestClient) -> 
     first = await (await client.post("/api/messages/sms", json=SMS, headers=headers)).json()
     second = await (await client.post("/api/messages/sms", json=SMS, headers=headers)).json()
     other = await (await client.post("/api/messages/sms", json=SMS)).json()
+    # A key reused for another message must not make that message a "duplicate" that is never stored.
+    reused = await (await client.post("/api/messages/sms", json={**SMS, "body": "other"}, headers=headers)).json()
+    email = await (await client.post("/api/messages/email", json=EMAIL, headers=headers)).json()
 
     assert first["id"] == second["id"]
-    assert other["id"] != first["id"]
+    assert len({first["id"], other["id"], reused["id"], email["id"]}) == 4
 
 
 async def test_webhooks_derive_the_message_id_from_the_provider_id(
@@ -178,7 +184,14 @@ async def test_compatibility_routes_pick_the_channel_by_type(client: TestClient,
         ("/api/messages/sms", {**SMS, "type": "mms", "attachments": ["not a url"]}, {"attachments.0"}),
         ("/api/messages/sms", {**SMS, "type": "mms", "attachments": []}, {"request"}),
         ("/api/messages/sms", {**SMS, "attachments": ["https://example.com/a.png"]}, {"request"}),
+        (
+            "/api/messages/sms",
+            {**SMS, "type": "mms", "attachments": ["https://example.com/a\u0000.png"]},
+            {"attachments.0"},
+        ),
+        ("/api/messages/sms", {**SMS, "timestamp": "9999-12-31T23:59:59-05:00"}, {"timestamp"}),
         ("/api/messages/email", {**EMAIL, "to": "not-an-email"}, {"to"}),
+        ("/api/messages/email", {**EMAIL, "body": "  "}, {"request"}),
         ("/api/messages/email", {**EMAIL, "from": "a@b"}, {"from"}),
         (
             "/api/webhooks/sms",
@@ -204,6 +217,21 @@ async def test_invalid_input_is_a_422_naming_each_field(
 
 async def test_malformed_json_is_a_400(client: TestClient, publisher: RecordingPublisher) -> None:
     response = await client.post("/api/messages/sms", data=b'{"from": ', headers={"Content-Type": "application/json"})
+
+    assert response.status == 400
+    assert (await response.json())["error"] == "malformed_request"
+    assert publisher.published == []
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"[" * 20_000, b'{"from": "+12016661234", "body": "\\ud800"}', b"\xff\xfe{}"],
+    ids=["nested too deep", "lone surrogate", "not utf-8"],
+)
+async def test_json_the_gateway_cannot_read_is_a_400_not_a_crash(
+    client: TestClient, publisher: RecordingPublisher, raw: bytes
+) -> None:
+    response = await client.post("/api/messages/sms", data=raw, headers={"Content-Type": "application/json"})
 
     assert response.status == 400
     assert (await response.json())["error"] == "malformed_request"
