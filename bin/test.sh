@@ -5,6 +5,9 @@ set -euo pipefail
 
 BASE_URL=${BASE_URL:-http://127.0.0.1:${GATEWAY_PORT:-8080}}
 pretty() { python3 -m json.tool 2>/dev/null || cat; }
+json_field() { python3 -c "import json, sys; print(json.load(sys.stdin)[\"$1\"])"; }
+
+ids=()
 
 call() {
     local title=$1 method=$2 path=$3 data=${4:-}
@@ -12,12 +15,14 @@ call() {
     echo "=== $title: $method $path"
     local args=(-sS -X "$method" "$BASE_URL$path" -H "Content-Type: application/json" -w '\n%{http_code}')
     [ -n "$data" ] && args+=(--data "$data")
-    local output status
+    local output status body
     output=$(curl "${args[@]}")
     status=${output##*$'\n'}
-    echo "${output%$'\n'*}" | pretty
+    body=${output%$'\n'*}
+    echo "$body" | pretty
     echo "HTTP $status"
     case $status in 2??) ;; *) echo "!!! $title answered $status" >&2; exit 1 ;; esac
+    if [ "$method" = POST ]; then ids+=("$(echo "$body" | json_field id)"); fi
 }
 
 call "Send an SMS" POST /api/messages/sms '{
@@ -50,14 +55,22 @@ call "Receive an email (provider webhook)" POST /api/webhooks/email '{
   "body": "<html><body>This is an incoming email with <b>HTML</b> content</body></html>",
   "attachments": ["https://example.com/received-document.pdf"], "timestamp": "2024-11-01T14:05:00Z"}'
 
-# Sends are accepted before they are stored and sent: give the pipeline a moment to settle.
+# A message is accepted before it is stored, and a send before the provider answered: wait (10 s at
+# most) until every message of the tour is stored and no send is still queued.
 for _ in $(seq 1 50); do
-    stored=$(curl -sS "$BASE_URL/api/conversations" | python3 -c \
-        'import json, sys; print(sum(c["message_count"] for c in json.load(sys.stdin)["conversations"]))' \
-        2>/dev/null || echo 0)
-    [ "$stored" -ge 6 ] && break
+    settled=0
+    for id in "${ids[@]}"; do
+        status=$(curl -sS "$BASE_URL/api/messages/$id" | json_field status 2>/dev/null || echo missing)
+        case $status in missing | queued) ;; *) settled=$((settled + 1)) ;; esac
+    done
+    [ "$settled" -eq "${#ids[@]}" ] && break
     sleep 0.2
 done
 
+# After a fresh start these are conversations 1 and 2; on a database with history, wherever the tour landed.
+phone_conversation=$(curl -sS "$BASE_URL/api/messages/${ids[0]}" | json_field conversation_id)
+email_conversation=$(curl -sS "$BASE_URL/api/messages/${ids[2]}" | json_field conversation_id)
+
 call "List conversations" GET /api/conversations
-call "Messages of conversation 1" GET /api/conversations/1/messages
+call "Messages of the phone conversation" GET "/api/conversations/$phone_conversation/messages"
+call "Messages of the email conversation" GET "/api/conversations/$email_conversation/messages"

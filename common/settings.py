@@ -44,7 +44,7 @@ class DatabaseSettings(BaseSettings):
         description="PostgreSQL URL of the service's own database",
     )
     database_admin_url: str = Field(
-        "postgresql://postgres@127.0.0.1:5432/postgres",
+        "postgresql://postgres:postgres@127.0.0.1:5432/postgres",
         description="A superuser URL, used only by the migrate command to create the role and database",
     )
     database_pool_size: int = Field(10, ge=1)

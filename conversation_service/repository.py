@@ -62,13 +62,9 @@ PARTICIPANT_SEPARATOR = "\n"
 _last_message = messages.alias("last_message")
 
 
-def normalize_address(address: str) -> str:
-    """Phones arrive in E.164 already; emails compare case-insensitively."""
-    return address.strip().lower()
-
-
 def participants_of(content: MessageContent) -> list[str]:
-    return sorted({normalize_address(content.from_address), normalize_address(content.to_address)})
+    """The gateway normalized both addresses (E.164 phones, lower-cased emails): equal means same."""
+    return sorted({content.from_address, content.to_address})
 
 
 def participant_key(participants: Iterable[str]) -> str:

@@ -9,20 +9,32 @@ afterwards. A missing PostgreSQL or RabbitMQ is an error, never a skip.
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aio_pika
 import psycopg2
 import pytest
+from yarl import URL
 
 from common.broker import Topology
-from common.settings import DatabaseSettings
+from common.settings import DatabaseSettings, ServiceSettings
 
+# Where the services are comes from the same settings the stack reads (environment, then .env);
+# only the database name is the tests' own.
+_configured = DatabaseSettings()
 TEST_DATABASE_URL = os.environ.get(
     "TEST_DATABASE_URL",
-    f"postgresql://messaging_user:messaging_password@127.0.0.1:5432/messaging_service_test_{os.getpid()}",
+    str(URL(_configured.database_url).with_path(f"/messaging_service_test_{os.getpid()}")),
 )
-TEST_AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-DATABASE_ADMIN_URL = os.environ.get("DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+DATABASE_ADMIN_URL = _configured.database_admin_url
+TEST_AMQP_URL = os.environ.get("TEST_AMQP_URL", ServiceSettings().amqp_url)
+
+
+@pytest.fixture(autouse=True)
+def _ignore_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings built inside a test read `.env` from the working directory: run each test away from
+    the developer's, so their knobs (a phone region, a size limit) cannot change what tests see."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(scope="session")

@@ -139,6 +139,7 @@ async def test_the_tour_builds_two_conversations_a_client_can_read(stack: Stack)
     tour_output, _ = await asyncio.wait_for(tour.communicate(), 60)
     assert tour.returncode == 0, tour_output.decode()
     assert tour_output.decode().count("HTTP 202") == 6
+    assert "Messages of the phone conversation: GET /api/conversations/1/messages" in tour_output.decode()
 
     async with aiohttp.ClientSession() as session:
         conversations = await settled_conversations(session, stack.base_url)

@@ -1,4 +1,4 @@
-"""A conversation is its set of participants, whoever wrote to whom and however an email was cased."""
+"""A conversation is its set of participants, whoever wrote to whom."""
 
 from datetime import UTC, datetime
 
@@ -22,15 +22,6 @@ def test_both_directions_between_two_addresses_are_one_conversation() -> None:
 
     assert there == back == ["+12016661234", "+18045551234"]
     assert participant_key(there) == participant_key(back)
-
-
-def test_email_addresses_differing_only_in_case_are_one_participant() -> None:
-    participants = participants_of(_content("Contact@Gmail.com", " user@usehatchapp.com"))
-
-    assert participants == ["contact@gmail.com", "user@usehatchapp.com"]
-    assert participant_key(participants) == participant_key(
-        participants_of(_content("user@usehatchapp.com", "contact@gmail.com"))
-    )
 
 
 def test_a_note_to_oneself_has_a_single_participant() -> None:
