@@ -1,12 +1,29 @@
-"""A stand-in for SendGrid's mail send API: `python -m email_service.mock_provider` serves it on port 9002."""
+"""A stand-in for SendGrid's mail send API: `python -m email_service.mock_provider` serves it on port 9002.
+
+Its behaviour (failures, rate limit, latency, receipt timing) starts from the EMAIL_MOCK_* settings
+and changes at run time through `/control`; see `common.mock_provider`. Like SendGrid's event
+webhook, where its delivery events go is one setting for the whole account, not part of a send.
+"""
 
 import secrets
+import time
+from datetime import datetime
+from random import Random
 from typing import Any
 
 from aiohttp import web
 
 from common import mock_provider as mock
-from email_service.settings import EmailMockProviderSettings
+from email_service.settings import EmailMockBehaviourSettings, EmailMockProviderSettings
+
+# Addresses that always fail one way.
+MAGIC_ADDRESSES = mock.MagicRecipients(
+    invalid="invalid@example.com",
+    unreachable="unreachable@example.com",
+    failing="error500@example.com",
+)
+
+BOUNCE_REASON = "550 5.1.1 The email account that you tried to reach does not exist."
 
 
 def _dig(document: Any, *path: str | int) -> Any:
@@ -26,10 +43,23 @@ def _text(document: Any, *path: str | int) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _custom_args(document: Any) -> dict[str, str]:
+    custom_args = _dig(document, "custom_args") or {}
+    # SendGrid takes only string values here, and echoes them in every event of the message.
+    if not isinstance(custom_args, dict) or not all(isinstance(value, str) for value in custom_args.values()):
+        raise mock.SendRejected(400, "The custom_args must be an object of string values.", "custom_args")
+    return custom_args
+
+
 class SendGridMock(mock.MockProvider):
     name = "email_provider_mock"
     send_path = "/v3/mail/send"
     attachments_field = "attachments"
+    magic = MAGIC_ADDRESSES
+    invalid_recipient = mock.SendRejected(400, "Does not contain a valid address.", "personalizations.0.to.0.email")
+
+    def __init__(self, event_webhook_url: str | None) -> None:
+        self.event_webhook_url = event_webhook_url
 
     async def parse(self, request: web.Request) -> mock.RequestedSend:
         scheme, _, key = request.headers.get("Authorization", "").partition(" ")
@@ -61,7 +91,9 @@ class SendGridMock(mock.MockProvider):
         if not isinstance(attachments, list) or not all(_text(item, "url") for item in attachments):
             raise mock.SendRejected(400, "Each attachment must have a url.", "attachments")
         urls = tuple(item["url"] for item in attachments)
-        return mock.RequestedSend(to=to, sender=sender, body=body, attachments=urls)
+        return mock.RequestedSend(
+            to=to, sender=sender, body=body, attachments=urls, receipt_fields=_custom_args(document)
+        )
 
     def new_id(self) -> str:
         return secrets.token_urlsafe(16)
@@ -74,14 +106,39 @@ class SendGridMock(mock.MockProvider):
             error.status, {"errors": [{"message": error.reason, "field": error.field, "help": None}]}
         )
 
+    def receipt_url(self, record: mock.RecordedSend) -> str | None:
+        return self.event_webhook_url
 
-def create_app() -> web.Application:
-    return mock.create_mock_app(SendGridMock())
+    def receipt(self, record: mock.RecordedSend, delivered: bool, at: datetime) -> mock.Receipt:
+        event: dict[str, Any] = {
+            **record.send.receipt_fields,
+            "email": record.send.to,
+            "timestamp": int(at.timestamp()),
+            "event": "delivered" if delivered else "bounce",
+            "sg_event_id": secrets.token_urlsafe(16),
+            "sg_message_id": record.id,
+        }
+        if not delivered:
+            event["reason"] = BOUNCE_REASON
+        return mock.Receipt(json=[event])
+
+
+def create_app(
+    behaviour: mock.MockBehaviour | None = None,
+    *,
+    event_webhook_url: str | None = None,
+    random_source: Random | None = None,
+    clock: mock.Clock = time.monotonic,
+) -> web.Application:
+    """`event_webhook_url` None: no delivery events, as for an account without an event webhook."""
+    provider = SendGridMock(event_webhook_url)
+    return mock.create_mock_app(provider, behaviour, random_source=random_source, clock=clock)
 
 
 def main() -> None:
     settings = EmailMockProviderSettings()
-    mock.run_mock_provider(create_app(), settings, settings.email_provider_port)
+    app = create_app(EmailMockBehaviourSettings(), event_webhook_url=settings.email_mock_event_webhook_url)
+    mock.run_mock_provider(app, settings, settings.email_provider_port)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,35 @@
-"""A stand-in for Twilio's Messages API: `python -m sms_service.mock_provider` serves it on port 9001."""
+"""A stand-in for Twilio's Messages API: `python -m sms_service.mock_provider` serves it on port 9001.
+
+Its behaviour (failures, rate limit, latency, receipt timing) starts from the SMS_MOCK_* settings
+and changes at run time through `/control`; see `common.mock_provider`.
+"""
 
 import base64
 import binascii
+import time
 import uuid
+from datetime import datetime
 from email.utils import format_datetime
+from random import Random
 
 from aiohttp import web
 
 from common import mock_provider as mock
-from sms_service.settings import SmsMockProviderSettings
+from sms_service.settings import SmsMockBehaviourSettings, SmsMockProviderSettings
 
 API_VERSION = "2010-04-01"
 
-# Twilio's error codes for the refusals this mock makes.
-ERROR_CODES = {"auth": 20003, "To": 21604, "From": 21603, "Body": 21602}
+# Numbers that always fail one way, in the range Twilio keeps for its own test numbers.
+MAGIC_NUMBERS = mock.MagicRecipients(
+    invalid="+15005550001",
+    unreachable="+15005550009",
+    failing="+15005550500",
+)
+
+# Twilio's error codes for what this mock refuses or fails without a more specific one.
+GENERIC_ERROR_CODES = {429: 20429, 500: 20500}
+INVALID_NUMBER_CODE = 21211
+UNREACHABLE_HANDSET_CODE = 30003
 
 
 def _basic_auth_user(header: str) -> str | None:
@@ -31,21 +47,33 @@ class TwilioMock(mock.MockProvider):
     name = "sms_provider_mock"
     send_path = f"/{API_VERSION}/Accounts/{{account_sid}}/Messages.json"
     attachments_field = "media"
+    magic = MAGIC_NUMBERS
+    invalid_recipient = mock.SendRejected(
+        400, f"The 'To' number {MAGIC_NUMBERS.invalid} is not a valid phone number.", "To", INVALID_NUMBER_CODE
+    )
 
     async def parse(self, request: web.Request) -> mock.RequestedSend:
-        if _basic_auth_user(request.headers.get("Authorization", "")) != request.match_info["account_sid"]:
-            raise mock.SendRejected(401, "Authenticate", "auth")
+        account_sid = request.match_info["account_sid"]
+        if _basic_auth_user(request.headers.get("Authorization", "")) != account_sid:
+            raise mock.SendRejected(401, "Authenticate", "auth", 20003)
         form = await request.post()
         media = tuple(str(url) for url in form.getall("MediaUrl", []))
         to, sender, body = (str(form.get(name, "")) for name in ("To", "From", "Body"))
         if not to:
-            raise mock.SendRejected(400, "A 'To' phone number is required.", "To")
+            raise mock.SendRejected(400, "A 'To' phone number is required.", "To", 21604)
         if not sender:
-            raise mock.SendRejected(400, "A 'From' phone number is required.", "From")
+            raise mock.SendRejected(400, "A 'From' phone number is required.", "From", 21603)
         # As in Twilio, an MMS may go without text, a message with neither text nor media may not.
         if not body and not media:
-            raise mock.SendRejected(400, "Message body is required.", "Body")
-        return mock.RequestedSend(to=to, sender=sender, body=body, attachments=media)
+            raise mock.SendRejected(400, "Message body is required.", "Body", 21602)
+        return mock.RequestedSend(
+            to=to,
+            sender=sender,
+            body=body,
+            attachments=media,
+            status_callback=str(form.get("StatusCallback", "")) or None,
+            receipt_fields={"AccountSid": account_sid},
+        )
 
     def new_id(self) -> str:
         return f"SM{uuid.uuid4().hex}"
@@ -66,7 +94,7 @@ class TwilioMock(mock.MockProvider):
         )
 
     def rejected(self, error: mock.SendRejected) -> mock.Reply:
-        code = ERROR_CODES.get(error.field or "")
+        code = error.code or GENERIC_ERROR_CODES.get(error.status)
         return mock.Reply.json(
             error.status,
             {
@@ -77,14 +105,35 @@ class TwilioMock(mock.MockProvider):
             },
         )
 
+    def receipt_url(self, record: mock.RecordedSend) -> str | None:
+        return record.send.status_callback
 
-def create_app() -> web.Application:
-    return mock.create_mock_app(TwilioMock())
+    def receipt(self, record: mock.RecordedSend, delivered: bool, at: datetime) -> mock.Receipt:
+        form = [
+            ("MessageSid", record.id),
+            ("MessageStatus", "delivered" if delivered else "undelivered"),
+            ("To", record.send.to),
+            ("From", record.send.sender),
+            *record.send.receipt_fields.items(),
+            ("ApiVersion", API_VERSION),
+        ]
+        if not delivered:
+            form.append(("ErrorCode", str(UNREACHABLE_HANDSET_CODE)))
+        return mock.Receipt(form=form)
+
+
+def create_app(
+    behaviour: mock.MockBehaviour | None = None,
+    *,
+    random_source: Random | None = None,
+    clock: mock.Clock = time.monotonic,
+) -> web.Application:
+    return mock.create_mock_app(TwilioMock(), behaviour, random_source=random_source, clock=clock)
 
 
 def main() -> None:
     settings = SmsMockProviderSettings()
-    mock.run_mock_provider(create_app(), settings, settings.sms_provider_port)
+    mock.run_mock_provider(create_app(SmsMockBehaviourSettings()), settings, settings.sms_provider_port)
 
 
 if __name__ == "__main__":
