@@ -12,10 +12,12 @@ import asyncio
 import json
 import logging
 import math
+import random
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, Generic, Literal, Protocol, Self, TypeVar
@@ -28,8 +30,7 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
-    stop_before_delay,
-    wait_random_exponential,
+    wait_exponential,
 )
 
 from common.contracts import MessageStatus, SendMessage, utcnow
@@ -80,8 +81,9 @@ class PermanentProviderError(ProviderError):
     """The provider refused the message itself; sending it again would get the same answer."""
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a `Retry-After` header, which holds either seconds or an HTTP date."""
+def parse_retry_after(value: str | None, now: Callable[[], datetime] = utcnow) -> float | None:
+    """Seconds to wait from a `Retry-After` header, which holds either seconds or an HTTP date
+    (counted from `now()`)."""
     if value is None:
         return None
     try:
@@ -92,21 +94,31 @@ def parse_retry_after(value: str | None) -> float | None:
         except (TypeError, ValueError):
             return None
         # RFC 5322 reads "-0000" as UTC with no offset known, which Python gives back naive.
-        seconds = (when.replace(tzinfo=when.tzinfo or UTC) - utcnow()).total_seconds()
+        seconds = (when.replace(tzinfo=when.tzinfo or UTC) - now()).total_seconds()
     return max(seconds, 0.0) if math.isfinite(seconds) else None
 
 
 Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], float]
+Uniform = Callable[[float, float], float]
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """When to try a provider call again and how long to wait first.
+
+    Its sources of time and chance (`sleep`, `clock`, `uniform`) are parameters, so tests can
+    record the waits and move the clock instead of sleeping.
+    """
+
     max_attempts: int
     backoff_initial_seconds: float
     backoff_max_seconds: float
     retry_after_cap_seconds: float
     deadline_seconds: float
     sleep: Sleep = asyncio.sleep
+    clock: Clock = time.monotonic
+    uniform: Uniform = random.uniform
 
     @classmethod
     def from_settings(cls, settings: ProviderRetrySettings) -> Self:
@@ -119,21 +131,29 @@ class RetryPolicy:
         )
 
     def retrying(self, before_sleep: Callable[[RetryCallState], None]) -> AsyncRetrying:
-        backoff = wait_random_exponential(multiplier=self.backoff_initial_seconds, max=self.backoff_max_seconds)
+        """A fresh retry loop for one call: its deadline counts from now."""
+        backoff_bound = wait_exponential(multiplier=self.backoff_initial_seconds, max=self.backoff_max_seconds)
+        started = self.clock()
 
         def wait(state: RetryCallState) -> float:
-            seconds = backoff(state)
+            # Full jitter: anywhere between nothing and the exponential bound.
+            seconds = self.uniform(0, backoff_bound(state))
             error = state.outcome.exception() if state.outcome is not None else None
             if isinstance(error, TransientProviderError) and error.retry_after is not None:
                 seconds = max(seconds, min(error.retry_after, self.retry_after_cap_seconds))
             return seconds
 
+        def next_attempt_past_deadline(state: RetryCallState) -> bool:
+            # Counts the coming wait, so a Retry-After longer than the time left ends the retries
+            # instead of sleeping past the deadline. tenacity's stop_before_delay would do the same
+            # on its own, uninjectable, clock.
+            return self.clock() - started + state.upcoming_sleep > self.deadline_seconds
+
         return AsyncRetrying(
             sleep=self.sleep,
             retry=retry_if_exception_type(TransientProviderError),
             wait=wait,
-            # stop_before_delay counts the coming wait, so no attempt starts past the deadline.
-            stop=stop_after_attempt(self.max_attempts) | stop_before_delay(self.deadline_seconds),
+            stop=stop_after_attempt(self.max_attempts) | next_attempt_past_deadline,
             before_sleep=before_sleep,
             reraise=True,
         )

@@ -29,7 +29,14 @@ class ServiceSettings(ProcessSettings):
         description="Prefix for every exchange and queue name, so several deployments (or a test run) "
         "can share one RabbitMQ vhost without seeing each other's messages",
     )
-    consumer_prefetch: int = Field(32, ge=1, description="Unacknowledged deliveries a consumer holds at once")
+    consumer_prefetch: int = Field(
+        32,
+        ge=1,
+        description="Unacknowledged deliveries a consumer holds, and so works on, at once: each runs in a task "
+        "of its own, so a send waiting out a provider's backoff holds one of these slots (for up to "
+        "PROVIDER_DEADLINE_SECONDS) while the others go on. Size it above the sends you expect to be "
+        "retrying at the same time; past it, new messages wait on the queue",
+    )
     delivery_limit: int = Field(20, ge=1, description="Deliveries of one message before the broker dead-letters it")
     shutdown_grace_seconds: float = Field(
         10.0, gt=0, description="How long a stopping consumer waits for in-flight messages"

@@ -1,4 +1,8 @@
-"""The SendGrid-like mail send API: a JSON post per message, a bearer key, the id in `X-Message-Id`."""
+"""The SendGrid-like mail send API: a JSON post per message, a bearer key, the id in `X-Message-Id`.
+
+Our message id goes in the send's `custom_args`, which the provider echoes in every event webhook
+of the message, so that its delivery events can be matched to it.
+"""
 
 import html
 import re
@@ -30,6 +34,7 @@ class EmailProviderClient(ProviderClient[EmailSettings]):
             "from": {"email": content.from_address},
             "subject": subject_of(content.body),
             "content": [{"type": "text/html", "value": content.body}],
+            "custom_args": {"message_id": str(command.message_id)},
         }
         if content.attachments:
             document["attachments"] = [{"url": url} for url in content.attachments]

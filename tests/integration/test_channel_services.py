@@ -2,8 +2,11 @@
 
 import asyncio
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from random import Random
+from typing import Any
 
 import aio_pika
 import pytest
@@ -21,7 +24,7 @@ from common.contracts import (
     MessageStatusChanged,
     message_event_adapter,
 )
-from common.mock_provider import MOCK_STATE
+from common.mock_provider import MOCK_STATE, MagicRecipients, MockBehaviour
 from email_service import mock_provider as email_mock
 from email_service.app import create_app as create_email_app
 from email_service.settings import EmailSettings
@@ -37,13 +40,25 @@ FAST_RETRY = {"provider_backoff_initial_seconds": 0.01, "provider_backoff_max_se
 
 
 @dataclass(frozen=True)
+class MockSetup:
+    """How a test wants the mock provider: its behaviour, its randomness, where its receipts go (None:
+    nowhere; Twilio is told per message by the channel service, SendGrid once by the mock's setting)."""
+
+    behaviour: MockBehaviour = field(default_factory=MockBehaviour)
+    random_source: Random | None = None
+    receipts_url: str | None = None
+
+
+@dataclass(frozen=True)
 class ChannelService:
     channel: Channel
     sender: str
     recipient: str
     provider_name: str
-    create_mock: Callable[[], web.Application]
-    create_app: Callable[[str, str, str], web.Application]
+    magic: MagicRecipients
+    create_mock: Callable[[MockSetup], web.Application]
+    # The channel service for (amqp_url, namespace, provider_url, receipts_url, settings overrides).
+    create_app: Callable[[str, str, str, str | None, dict[str, Any]], web.Application]
     queue: Callable[[Topology], QueueSpec]
 
 
@@ -52,9 +67,16 @@ SMS = ChannelService(
     OUR_PHONE,
     THEIR_PHONE,
     SMS_PROVIDER,
-    sms_mock.create_app,
-    lambda amqp_url, namespace, provider_url: create_sms_app(
-        SmsSettings(amqp_url=amqp_url, broker_namespace=namespace, sms_provider_url=provider_url, **FAST_RETRY)
+    sms_mock.MAGIC_NUMBERS,
+    lambda setup: sms_mock.create_app(setup.behaviour, random_source=setup.random_source),
+    lambda amqp_url, namespace, provider_url, receipts_url, overrides: create_sms_app(
+        SmsSettings(
+            amqp_url=amqp_url,
+            broker_namespace=namespace,
+            sms_provider_url=provider_url,
+            sms_status_callback_url=receipts_url,
+            **{**FAST_RETRY, **overrides},
+        )
     ),
     lambda topology: topology.sms_outbound,
 )
@@ -63,9 +85,17 @@ EMAIL = ChannelService(
     OUR_EMAIL,
     THEIR_EMAIL,
     EMAIL_PROVIDER,
-    email_mock.create_app,
-    lambda amqp_url, namespace, provider_url: create_email_app(
-        EmailSettings(amqp_url=amqp_url, broker_namespace=namespace, email_provider_url=provider_url, **FAST_RETRY)
+    email_mock.MAGIC_ADDRESSES,
+    lambda setup: email_mock.create_app(
+        setup.behaviour, event_webhook_url=setup.receipts_url, random_source=setup.random_source
+    ),
+    lambda amqp_url, namespace, provider_url, receipts_url, overrides: create_email_app(
+        EmailSettings(
+            amqp_url=amqp_url,
+            broker_namespace=namespace,
+            email_provider_url=provider_url,
+            **{**FAST_RETRY, **overrides},
+        )
     ),
     lambda topology: topology.email_outbound,
 )
@@ -78,6 +108,8 @@ class Running:
     mock: web.Application
     channel: AbstractChannel
     topology: Topology
+    # The statuses the mock answered sends with, counted as they went out.
+    answers: Counter[int]
 
 
 class StatusWatcher:
@@ -102,16 +134,29 @@ class StatusWatcher:
 
 
 async def start(
-    service: ChannelService, amqp_url: str, namespace: str, aiohttp_server: AiohttpServer
+    service: ChannelService,
+    amqp_url: str,
+    namespace: str,
+    aiohttp_server: AiohttpServer,
+    setup: MockSetup = MockSetup(),
+    **overrides: Any,
 ) -> AsyncIterator[Running]:
-    mock = service.create_mock()
+    """The mock as `setup` says and the channel service in front of it, `overrides` in its settings."""
+    mock = service.create_mock(setup)
+    answers: Counter[int] = Counter()
+
+    async def count_answer(request: web.Request, response: web.StreamResponse) -> None:
+        if request.method == "POST":
+            answers[response.status] += 1
+
+    mock.on_response_prepare.append(count_answer)
     provider_url = str((await aiohttp_server(mock)).make_url(""))
-    app = service.create_app(amqp_url, namespace, provider_url)
+    app = service.create_app(amqp_url, namespace, provider_url, setup.receipts_url, overrides)
     await aiohttp_server(app)
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
-        yield Running(service, app, mock, channel, Topology(namespace))
+        yield Running(service, app, mock, channel, Topology(namespace), answers)
 
 
 @pytest.fixture(params=[SMS, EMAIL], ids=lambda service: service.channel.value)

@@ -1,5 +1,6 @@
 """Each provider client against its own mock, over real HTTP: the two agree on the provider's API,
-and a command sent twice (a redelivery) is one message at the provider."""
+a command sent twice (a redelivery) is one message at the provider, and its one delivery receipt
+names our message id."""
 
 import uuid
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
 from common.contracts import Channel, MessageContent, MessageStatus, SendMessage
-from common.mock_provider import MOCK_STATE
+from common.mock_provider import MOCK_STATE, MockBehaviour
 from common.provider import ProviderClient
 from email_service import mock_provider as email_mock
 from email_service.provider import EmailProviderClient
@@ -20,6 +21,9 @@ from email_service.settings import EmailSettings
 from sms_service import mock_provider as sms_mock
 from sms_service.provider import SmsProviderClient
 from sms_service.settings import SmsSettings
+from tests.factories import ReceiptCatcher, eventually
+
+RECEIPTS_AT_ONCE = MockBehaviour(delivery_delay_seconds=0)
 
 
 @dataclass(frozen=True)
@@ -27,8 +31,11 @@ class Pair:
     channel: Channel
     sender: str
     recipient: str
-    create_mock: Callable[[], web.Application]
-    make_client: Callable[[str], ProviderClient[Any]]
+    # Both take where receipts go: Twilio's is a setting of the client, SendGrid's one of the account.
+    create_mock: Callable[[str], web.Application]
+    make_client: Callable[[str, str], ProviderClient[Any]]
+    # Our message id as a receipt carries it.
+    our_message_id: Callable[[Any, dict[str, str]], str]
 
 
 PAIRS = [
@@ -36,22 +43,28 @@ PAIRS = [
         Channel.MMS,
         "+12016661234",
         "+18045551234",
-        sms_mock.create_app,
-        lambda url: SmsProviderClient(SmsSettings(sms_provider_url=url)),
+        lambda receipts_url: sms_mock.create_app(RECEIPTS_AT_ONCE),
+        lambda url, receipts_url: SmsProviderClient(
+            SmsSettings(sms_provider_url=url, sms_status_callback_url=receipts_url)
+        ),
+        lambda body, query: query["message_id"],
     ),
     Pair(
         Channel.EMAIL,
         "user@usehatchapp.com",
         "contact@gmail.com",
-        email_mock.create_app,
-        lambda url: EmailProviderClient(EmailSettings(email_provider_url=url)),
+        lambda receipts_url: email_mock.create_app(RECEIPTS_AT_ONCE, event_webhook_url=receipts_url),
+        lambda url, receipts_url: EmailProviderClient(EmailSettings(email_provider_url=url)),
+        lambda body, query: body[0]["message_id"],
     ),
 ]
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids=lambda pair: pair.channel.value)
 async def test_the_client_sends_what_its_mock_records_once(pair: Pair, aiohttp_server: AiohttpServer) -> None:
-    mock_app = pair.create_mock()
+    catcher = ReceiptCatcher()
+    receipts_url = str((await aiohttp_server(catcher.app())).make_url("/receipts"))
+    mock_app = pair.create_mock(receipts_url)
     server = await aiohttp_server(mock_app)
     command = SendMessage(
         correlation_id=uuid.uuid4(),
@@ -66,7 +79,7 @@ async def test_the_client_sends_what_its_mock_records_once(pair: Pair, aiohttp_s
         ),
     )
 
-    async with pair.make_client(str(server.make_url(""))) as client:
+    async with pair.make_client(str(server.make_url("")), receipts_url) as client:
         first = await client.send(command)
         redelivered = await client.send(command)
 
@@ -80,3 +93,9 @@ async def test_the_client_sends_what_its_mock_records_once(pair: Pair, aiohttp_s
         "<b>hello</b>",
         ("https://example.com/a.png",),
     )
+
+    async def receipt_posted() -> bool:
+        return bool(catcher.caught)
+
+    await eventually(receipt_posted, "the delivery receipt")
+    assert [pair.our_message_id(caught.body, caught.query) for caught in catcher.caught] == [str(command.message_id)]

@@ -40,6 +40,7 @@ def check_twilio_request(call: RequestCall, sent: SendMessage) -> None:
         ("Body", "text message"),
         ("MediaUrl", "https://example.com/a.png"),
         ("MediaUrl", "https://example.com/b.png"),
+        ("StatusCallback", f"https://gateway.test/api/webhooks/sms/status?message_id={sent.message_id}"),
     ]
 
 
@@ -51,6 +52,7 @@ def check_sendgrid_request(call: RequestCall, sent: SendMessage) -> None:
         "from": {"email": "user@usehatchapp.com"},
         "subject": "Hello & welcome",
         "content": [{"type": "text/html", "value": "<p>Hello &amp; welcome</p>"}],
+        "custom_args": {"message_id": str(sent.message_id)},
         "attachments": [{"url": "https://example.com/a.png"}, {"url": "https://example.com/b.png"}],
     }
 
@@ -74,6 +76,7 @@ SMS_SETTINGS = SmsSettings(
     sms_provider_url="http://sms.test/",
     sms_provider_account_sid="ACtest",
     sms_provider_auth_token="secret",
+    sms_status_callback_url="https://gateway.test/api/webhooks/sms/status",
     **FAST_RETRY,
 )
 EMAIL_SETTINGS = EmailSettings(email_provider_url="http://email.test", email_provider_api_key="SG.test", **FAST_RETRY)
@@ -268,7 +271,29 @@ async def test_an_sms_without_media_posts_no_media_url() -> None:
     async with SmsProviderClient(SMS_SETTINGS) as client:
         request = client.build_request(send_message(Channel.SMS))
 
+    assert request.form is not None
+    assert [name for name, _ in request.form] == ["To", "From", "Body", "StatusCallback"]
+
+
+@pytest.mark.parametrize("turned_off", ["", None])
+async def test_without_a_status_callback_url_an_sms_asks_for_no_receipt(turned_off: str | None) -> None:
+    settings = SMS_SETTINGS.model_copy(update={"sms_status_callback_url": turned_off})
+    async with SmsProviderClient(settings) as client:
+        request = client.build_request(send_message(Channel.SMS))
+
     assert request.form is not None and [name for name, _ in request.form] == ["To", "From", "Body"]
+
+
+async def test_a_status_callback_url_keeps_its_own_query() -> None:
+    settings = SMS_SETTINGS.model_copy(update={"sms_status_callback_url": "https://gateway.test/status?token=abc"})
+    command = send_message(Channel.SMS)
+    async with SmsProviderClient(settings) as client:
+        request = client.build_request(command)
+
+    assert request.form is not None
+    assert dict(request.form)["StatusCallback"] == (
+        f"https://gateway.test/status?token=abc&message_id={command.message_id}"
+    )
 
 
 @pytest.mark.parametrize(
