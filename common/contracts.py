@@ -1,7 +1,7 @@
 """Message contracts on the bus: the one definition every service imports.
 
 Commands are imperative (`SendMessage`), events past tense (`MessageReceived`,
-`MessageStatusChanged`). Every contract is frozen, forbids unknown fields, carries its own `kind`
+`MessageStatusChanged`, `DeliveryReported`). Every contract is frozen, forbids unknown fields, carries its own `kind`
 (so one queue can hold several contracts), an id, a correlation id, when it happened and a schema
 version, and knows the routing key it is published under.
 """
@@ -13,8 +13,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-# Ids that must be the same however often they are computed (a webhook retried by its provider, a
-# send repeated with one Idempotency-Key) are UUIDv5 in this namespace.
+# Ids that must be the same however often they are computed (a webhook retried by its provider) are
+# UUIDv5 in this namespace. A send's id is new each time: a repeated Idempotency-Key is answered with
+# the first send's id by the key store, and a key used again after it expired must make a new message.
 MESSAGE_ID_NAMESPACE = uuid.UUID("8f1c6f0e-3d4b-5c2a-9e7f-6a1b2c3d4e5f")
 
 # Who sent or received a message, as stored with it and as part of an inbound message's id.
@@ -53,14 +54,6 @@ STATUS_RANK: dict[MessageStatus, int] = {
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def outbound_message_id(idempotency_key: str | None, request_fingerprint: str) -> uuid.UUID:
-    """A new id, or with a client's key the same id for the same request. The request is part of it
-    so that a key reused for a different message cannot make that message vanish as a duplicate."""
-    if idempotency_key is None:
-        return uuid.uuid4()
-    return uuid.uuid5(MESSAGE_ID_NAMESPACE, f"idempotency-key:{idempotency_key}\n{request_fingerprint}")
 
 
 def inbound_message_id(provider: str, provider_message_id: str) -> uuid.UUID:
@@ -141,5 +134,29 @@ class MessageStatusChanged(Contract):
         return f"status.{self.command.content.channel}"
 
 
-MessageEvent = Annotated[SendMessage | MessageReceived | MessageStatusChanged, Field(discriminator="kind")]
-message_event_adapter: TypeAdapter[SendMessage | MessageReceived | MessageStatusChanged] = TypeAdapter(MessageEvent)
+class DeliveryReported(Contract):
+    """A provider's delivery receipt for a message we sent: it reached the recipient, or never will.
+
+    It names our message id, which the channel service handed the provider with the send (Twilio's
+    status callback URL, SendGrid's custom args), and may arrive before anything else of that message.
+    """
+
+    kind: Literal["delivery_reported"] = "delivery_reported"
+    message_id: uuid.UUID
+    channel: Channel
+    provider: str
+    provider_message_id: str
+    status: Literal[MessageStatus.DELIVERED, MessageStatus.FAILED]
+    error: str | None = None
+
+    @property
+    def routing_key(self) -> str:
+        return f"receipt.{self.channel}"
+
+
+MessageEvent = Annotated[
+    SendMessage | MessageReceived | MessageStatusChanged | DeliveryReported, Field(discriminator="kind")
+]
+message_event_adapter: TypeAdapter[SendMessage | MessageReceived | MessageStatusChanged | DeliveryReported] = (
+    TypeAdapter(MessageEvent)
+)

@@ -1,41 +1,15 @@
 """The read API: validate the path and query, ask the repository, answer JSON. Errors are raised."""
 
-import uuid
-
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel
 
 from common.http import request_validation
-from conversation_service.models import ConversationList, MessageList
-from conversation_service.pagination import MAX_BIGINT
+from conversation_service.models import ConversationList, ConversationPath, MessageList, MessagePath, PageQuery
 from conversation_service.repository import MessageRepository
 from conversation_service.settings import ConversationSettings
 
 SETTINGS = web.AppKey("settings", ConversationSettings)
 REPOSITORY = web.AppKey("repository", MessageRepository)
-
-
-class PageQuery(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    limit: int | None = Field(None, ge=1)
-    cursor: str | None = Field(None, min_length=1)
-
-    @field_validator("limit")
-    @classmethod
-    def within_max_page_size(cls, limit: int | None, info: ValidationInfo) -> int | None:
-        settings: ConversationSettings = info.context
-        if limit is not None and limit > settings.max_page_size:
-            raise ValueError(f"must be at most {settings.max_page_size}")
-        return limit
-
-
-class ConversationPath(BaseModel):
-    conversation_id: int = Field(ge=1, le=MAX_BIGINT)
-
-
-class MessagePath(BaseModel):
-    message_id: uuid.UUID
 
 
 def _page(request: web.Request) -> tuple[int, str | None]:

@@ -1,21 +1,38 @@
 """The conversation service's work: store each message event; nothing here knows of AMQP or HTTP."""
 
 import logging
+from enum import StrEnum
 from typing import Protocol, assert_never
 
-from common.contracts import MessageEvent, MessageReceived, MessageStatusChanged, SendMessage
+from common.contracts import DeliveryReported, MessageEvent, MessageReceived, MessageStatusChanged, SendMessage
 
 log = logging.getLogger(__name__)
 
 
+class WriteOutcome(StrEnum):
+    CHANGED = "changed"
+    # The event was stored before: a redelivery or a provider's retry.
+    REPLAYED = "replayed"
+    # A delivery receipt for a message not stored (yet): it is kept in the message's status history
+    # and applied when the message is stored. A message that never is keeps it there only.
+    AWAITING_MESSAGE = "awaiting_message"
+
+
 class EventStore(Protocol):
-    """Each write returns whether it changed anything: False for a replay or a status already passed."""
+    async def store_outbound(self, command: SendMessage) -> WriteOutcome: ...
 
-    async def store_outbound(self, command: SendMessage) -> bool: ...
+    async def store_inbound(self, event: MessageReceived) -> WriteOutcome: ...
 
-    async def store_inbound(self, event: MessageReceived) -> bool: ...
+    async def store_status(self, event: MessageStatusChanged) -> WriteOutcome: ...
 
-    async def store_status(self, event: MessageStatusChanged) -> bool: ...
+    async def store_receipt(self, event: DeliveryReported) -> WriteOutcome: ...
+
+
+_LOG_MESSAGES = {
+    WriteOutcome.CHANGED: "stored message event",
+    WriteOutcome.REPLAYED: "message event changed nothing",
+    WriteOutcome.AWAITING_MESSAGE: "delivery receipt kept until its message is stored",
+}
 
 
 class EventHandler:
@@ -25,20 +42,22 @@ class EventHandler:
     async def __call__(self, event: MessageEvent) -> None:
         match event:
             case SendMessage():
-                changed = await self._store.store_outbound(event)
+                outcome = await self._store.store_outbound(event)
             case MessageReceived():
-                changed = await self._store.store_inbound(event)
+                outcome = await self._store.store_inbound(event)
             case MessageStatusChanged():
-                changed = await self._store.store_status(event)
+                outcome = await self._store.store_status(event)
+            case DeliveryReported():
+                outcome = await self._store.store_receipt(event)
             case _:
                 assert_never(event)
         log.info(
-            "stored message event" if changed else "message event changed nothing",
+            _LOG_MESSAGES[outcome],
             extra={
                 "kind": event.kind,
                 "message_id": str(event.message_id),
                 "correlation_id": str(event.correlation_id),
                 "event_id": str(event.event_id),
-                "changed": changed,
+                "outcome": outcome.value,
             },
         )

@@ -1,13 +1,17 @@
-"""What the read API answers: conversations and messages as clients (through the gateway) see them."""
+"""What the read API takes and answers: its path and query parameters, and conversations and messages
+as clients (through the gateway) see them. Free of database imports, so the gateway's OpenAPI
+description can be built from these same models."""
 
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Generic, TypeVar
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from common.contracts import Channel, Direction, MessageStatus
+from conversation_service.pagination import MAX_BIGINT
+from conversation_service.settings import ConversationSettings
 
 ItemT = TypeVar("ItemT")
 
@@ -43,6 +47,25 @@ class MessageView(BaseModel):
     status_changed_at: UtcDatetime
 
 
+class StatusChange(BaseModel):
+    """One status a message reached: when its event says it happened, and what that event reported."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: MessageStatus
+    at: UtcDatetime
+    attempts: int | None
+    provider_message_id: str | None
+    error: str | None
+
+
+class MessageDetail(MessageView):
+    """One message with its history in lifecycle order (queued, sent, then the outcome). Lists leave the
+    history out: it is a read per message."""
+
+    history: list[StatusChange]
+
+
 class ConversationView(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -70,3 +93,26 @@ class MessageList(BaseModel):
     conversation_id: int
     messages: list[MessageView]
     next_cursor: str | None
+
+
+class PageQuery(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    limit: int | None = Field(None, ge=1)
+    cursor: str | None = Field(None, min_length=1)
+
+    @field_validator("limit")
+    @classmethod
+    def within_max_page_size(cls, limit: int | None, info: ValidationInfo) -> int | None:
+        settings: ConversationSettings = info.context
+        if limit is not None and limit > settings.max_page_size:
+            raise ValueError(f"must be at most {settings.max_page_size}")
+        return limit
+
+
+class ConversationPath(BaseModel):
+    conversation_id: int = Field(ge=1, le=MAX_BIGINT)
+
+
+class MessagePath(BaseModel):
+    message_id: uuid.UUID

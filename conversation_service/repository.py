@@ -1,9 +1,15 @@
 """Conversations and messages in PostgreSQL: idempotent writes of message events, keyset-paged reads.
 
 Every write is one transaction and may be replayed any number of times, in any order, without
-changing the outcome: the message id is the primary key, a conversation is found by its participant
-key, and a status only moves up `STATUS_RANK`. Each write works on a connection it is given, so a
-batch of deliveries can later share one transaction.
+changing the outcome. Each status event adds one row to `message_status_history`, keyed by message
+and status, so a replay finds its row taken and changes nothing. A message's status, attempts,
+provider ids and last error are derived from its history, never set by whichever event came last:
+the highest rank wins (`STATUS_RANK`; provider ids are taken as the send's answer spelt them), so a
+status never moves backwards, and a delivery receipt that arrives before its message is applied
+when the message is stored. Writers of one message take
+turns on a transaction-scoped advisory lock, so that a receipt and the send it reports on cannot
+each miss the other. Each write works on a connection it is given, so a batch of deliveries can
+later share one transaction (taking its messages' locks in a fixed order).
 """
 
 import logging
@@ -20,17 +26,20 @@ from aiopg.sa import Engine, SAConnection
 from aiopg.sa.result import RowProxy
 from psycopg2.extras import Json
 from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception_type,
     stop_after_delay,
-    wait_exponential,
-    wait_random,
+    stop_never,
+    wait_random_exponential,
 )
+from tenacity.stop import StopBaseT
 
 from common.contracts import (
     STATUS_RANK,
+    DeliveryReported,
     Direction,
     MessageContent,
     MessageReceived,
@@ -39,14 +48,15 @@ from common.contracts import (
     SendMessage,
 )
 from common.http import NotFound, ServiceUnavailable
-from conversation_service.models import ConversationView, MessageView, Page
+from conversation_service.handlers import WriteOutcome
+from conversation_service.models import ConversationView, MessageDetail, MessageView, Page, StatusChange
 from conversation_service.pagination import (
     ConversationPosition,
     MessagePosition,
     decode_cursor,
     encode_cursor,
 )
-from conversation_service.schema import conversation_participants, conversations, messages
+from conversation_service.schema import conversation_participants, conversations, message_status_history, messages
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +70,8 @@ CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 PARTICIPANT_SEPARATOR = "\n"
 
 _last_message = messages.alias("last_message")
+_history = message_status_history
+_rank = sa.case({status.value: rank for status, rank in STATUS_RANK.items()}, value=_history.c.status)
 
 
 def participants_of(content: MessageContent) -> list[str]:
@@ -72,39 +84,61 @@ def participant_key(participants: Iterable[str]) -> str:
 
 
 class MessageRepository:
-    """`retry_seconds` bounds how long a write waits out an unreachable database before it fails,
-    `read_retry_seconds` the same for a read, which a client is waiting on."""
+    """A write retries a lost database connection for as long as the database stays away, pausing at
+    most `retry_max_interval` between attempts: its message stays unacked meanwhile, and the rest wait
+    on the queue. A read, which a client is waiting on, gives up after `read_retry_seconds`."""
 
-    def __init__(self, engine: Engine, *, retry_seconds: float, read_retry_seconds: float = 1.0) -> None:
+    def __init__(self, engine: Engine, *, retry_max_interval: float, read_retry_seconds: float = 1.0) -> None:
         self._engine = engine
-        self._retry_seconds = retry_seconds
+        self._retry_max_interval = retry_max_interval
         self._read_retry_seconds = read_retry_seconds
 
     async def is_available(self) -> bool:
         async with self._engine.acquire() as connection:
             return await connection.scalar(sa.select(sa.literal(1))) == 1
 
-    # Writes: each returns whether it changed anything, False for a replay.
+    # Writes.
 
-    async def store_outbound(self, command: SendMessage) -> bool:
-        params = _message_params(
-            command, Direction.OUTBOUND, MessageStatus.QUEUED, status_changed_at=command.occurred_at
-        )
-        return await self._write(lambda connection: _insert_message(connection, command.content, params))
+    async def store_outbound(self, command: SendMessage) -> WriteOutcome:
+        entry = _history_entry(command.message_id, MessageStatus.QUEUED, command.occurred_at)
+        message = _message_params(command.message_id, Direction.OUTBOUND, command.content)
+        return await self._write(lambda connection: _record_message(connection, entry, command.content, message))
 
-    async def store_inbound(self, event: MessageReceived) -> bool:
-        params = _message_params(
-            event,
-            Direction.INBOUND,
+    async def store_inbound(self, event: MessageReceived) -> WriteOutcome:
+        entry = _history_entry(
+            event.message_id,
             MessageStatus.RECEIVED,
-            status_changed_at=event.occurred_at,
+            event.occurred_at,
             provider=event.provider,
             provider_message_id=event.provider_message_id,
         )
-        return await self._write(lambda connection: _insert_message(connection, event.content, params))
+        message = _message_params(event.message_id, Direction.INBOUND, event.content)
+        return await self._write(lambda connection: _record_message(connection, entry, event.content, message))
 
-    async def store_status(self, event: MessageStatusChanged) -> bool:
-        return await self._write(lambda connection: _apply_status(connection, event))
+    async def store_status(self, event: MessageStatusChanged) -> WriteOutcome:
+        entry = _history_entry(
+            event.message_id,
+            event.status,
+            event.occurred_at,
+            attempts=event.attempts,
+            provider=event.provider,
+            provider_message_id=event.provider_message_id,
+            error=event.error,
+        )
+        content = event.command.content
+        message = _message_params(event.message_id, Direction.OUTBOUND, content)
+        return await self._write(lambda connection: _record_status(connection, entry, content, message))
+
+    async def store_receipt(self, event: DeliveryReported) -> WriteOutcome:
+        entry = _history_entry(
+            event.message_id,
+            event.status,
+            event.occurred_at,
+            provider=event.provider,
+            provider_message_id=event.provider_message_id,
+            error=event.error,
+        )
+        return await self._write(lambda connection: _record_receipt(connection, entry))
 
     # Reads.
 
@@ -158,20 +192,43 @@ class MessageRepository:
         next_cursor = encode_cursor(MessagePosition(timestamp=page[-1].timestamp, seq=page[-1].seq)) if more else None
         return Page([_message_view(row) for row in page], next_cursor)
 
-    async def get_message(self, message_id: uuid.UUID) -> MessageView:
-        query = sa.select(messages).where(messages.c.id == message_id)
+    async def get_message(self, message_id: uuid.UUID) -> MessageDetail:
+        """The message and its history, read by one statement so that both come from one snapshot."""
+        history = (_history.c.status, _history.c.occurred_at, _history.c.attempts, _history.c.provider_message_id)
+        query = (
+            sa.select(messages, *(column.label(f"history_{column.name}") for column in (*history, _history.c.error)))
+            .select_from(messages.outerjoin(_history, _history.c.message_id == messages.c.id))
+            .where(messages.c.id == message_id)
+            # In lifecycle order, not by time alone: providers date receipts on their own clocks, some
+            # to the whole second, which could put a `delivered` before the `queued` it followed.
+            .order_by(*_SEND_FIRST)
+        )
         rows = await self._read(lambda connection: _fetch_all(connection, query))
         if not rows:
             raise NotFound(f"message {message_id} not found")
-        return _message_view(rows[0])
+        return MessageDetail(
+            **_message_view(rows[0]).model_dump(),
+            history=[
+                StatusChange(
+                    status=row.history_status,
+                    at=row.history_occurred_at,
+                    attempts=row.history_attempts,
+                    provider_message_id=row.history_provider_message_id,
+                    error=row.history_error,
+                )
+                for row in rows
+                if row.history_status is not None
+            ],
+        )
 
     async def _write(self, work: Callable[[SAConnection], Awaitable[ResultT]]) -> ResultT:
-        """Run `work` in one transaction, again from the start while the database is unreachable.
+        """Run `work` in one transaction, again from the start for as long as the database is unreachable.
 
-        Safe because every write is idempotent. After `retry_seconds` the error propagates and the
-        consumer puts the message back on the queue.
+        Safe because every write is idempotent. Giving up would only put the message back on the
+        queue, where each delivery counts toward the queue's delivery limit: a long outage would
+        dead-letter events that are perfectly good. Any other error propagates at once.
         """
-        return await _retrying(self._retry_seconds)(self._transaction, work)
+        return await _retrying(stop_never, self._retry_max_interval)(self._transaction, work)
 
     async def _transaction(self, work: Callable[[SAConnection], Awaitable[ResultT]]) -> ResultT:
         async with self._engine.acquire() as connection, connection.begin():
@@ -181,7 +238,9 @@ class MessageRepository:
         """A pooled connection the database dropped (it restarted) is retried at once on a fresh
         one; a database that stays away is a 503 for the client to retry."""
         try:
-            return await _retrying(self._read_retry_seconds)(self._connected, work)
+            return await _retrying(stop_after_delay(self._read_retry_seconds), self._retry_max_interval)(
+                self._connected, work
+            )
         except CONNECTION_ERRORS as error:
             raise ServiceUnavailable("the database is unavailable; retry later") from error
 
@@ -190,17 +249,25 @@ class MessageRepository:
             return await work(connection)
 
 
-def _retrying(deadline_seconds: float) -> AsyncRetrying:
+def _retrying(stop: StopBaseT, max_interval: float) -> AsyncRetrying:
+    """Full jitter, so that the writes in hand do not all knock at once when the database returns.
+
+    Its pauses are asyncio sleeps: cancelling the caller (a consumer stopping) ends it at once.
+    """
     return AsyncRetrying(
         retry=retry_if_exception_type(CONNECTION_ERRORS),
-        wait=wait_exponential(multiplier=0.05, max=2.0) + wait_random(0, 0.1),
-        stop=stop_after_delay(deadline_seconds),
+        wait=wait_random_exponential(multiplier=0.05, max=max_interval),
+        stop=stop,
         before_sleep=_log_retry,
         reraise=True,
     )
 
 
 def _log_retry(state: RetryCallState) -> None:
+    # Every write in hand retries through an outage: logging each attempt would flood the log, so
+    # only the 1st, 2nd, 4th, 8th... are.
+    if state.attempt_number & (state.attempt_number - 1):
+        return
     error = state.outcome.exception() if state.outcome is not None else None
     log.warning(
         "database unreachable; retrying",
@@ -239,7 +306,10 @@ _LOCK_PARTICIPANT_KEY = _Compiled.of(
 )
 
 
-_MESSAGE_COLUMNS = (
+_LOCK_MESSAGE = sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(sa.bindparam("message_id"), 0))
+
+# Given by the event that stores the message.
+_CONTENT_COLUMNS = (
     "id",
     "conversation_id",
     "direction",
@@ -248,14 +318,50 @@ _MESSAGE_COLUMNS = (
     "to_address",
     "body",
     "attachments",
-    "status",
-    "provider",
-    "provider_message_id",
-    "attempts",
-    "last_error",
     "timestamp",
-    "status_changed_at",
 )
+# Derived from the message's history.
+_STATUS_COLUMNS = ("status", "status_changed_at", "attempts", "provider", "provider_message_id", "last_error")
+
+# The outcome is the highest rank; of two final ones (a provider that reported delivered and
+# failed), the first to happen, whatever order they arrive in.
+_OUTCOME_FIRST = (_rank.desc(), _history.c.occurred_at, _history.c.status)
+# Provider ids from the lowest rank that has one: as the provider answered the send, not as a
+# receipt spells them (SendGrid's events suffix the id its send answered with).
+_SEND_FIRST = (_rank, _history.c.occurred_at, _history.c.status)
+
+
+def _first(column: sa.Column, order: tuple[Any, ...], *, present: bool = False) -> Any:
+    values = pg.array_agg(aggregate_order_by(column, *order))
+    return (values.filter(column.isnot(None)) if present else values)[1]
+
+
+def _derived_status(message_id: sa.sql.expression.BindParameter) -> sa.sql.Subquery:
+    """The message's status columns as its history says; an aggregate, so always one row."""
+    return (
+        sa.select(
+            _first(_history.c.status, _OUTCOME_FIRST).label("status"),
+            _first(_history.c.occurred_at, _OUTCOME_FIRST).label("status_changed_at"),
+            sa.func.coalesce(_first(_history.c.attempts, _OUTCOME_FIRST, present=True), 0).label("attempts"),
+            _first(_history.c.provider, _SEND_FIRST, present=True).label("provider"),
+            _first(_history.c.provider_message_id, _SEND_FIRST, present=True).label("provider_message_id"),
+            _first(_history.c.error, _OUTCOME_FIRST).label("last_error"),
+        )
+        .where(_history.c.message_id == message_id)
+        .subquery("derived")
+    )
+
+
+def _record_entry_statement() -> sa.sql.Insert:
+    """Take the message's lock, then add the entry unless its status is recorded; returns it if added.
+
+    The lock is taken in the same statement, before the insert: everything this transaction then
+    reads of the message comes after any other writer of it committed.
+    """
+    locked = sa.select(_LOCK_MESSAGE.label("locked")).subquery("locked")
+    names = ("message_id", "status", "occurred_at", "attempts", "provider", "provider_message_id", "error")
+    entry = sa.select(*(sa.cast(sa.bindparam(name), _history.c[name].type) for name in names)).select_from(locked)
+    return pg.insert(_history).from_select(list(names), entry).on_conflict_do_nothing().returning(_history.c.message_id)
 
 
 def _create_conversation_statement() -> sa.sql.Select:
@@ -288,14 +394,21 @@ def _create_conversation_statement() -> sa.sql.Select:
 
 
 def _insert_message_statement() -> sa.sql.Update:
-    """Insert the message unless it is there, and only if it was not, count it in its conversation.
+    """Insert the message, its status derived from its history, unless it is there; and only if it
+    was not, count it in its conversation.
 
     An UPDATE ... FROM an empty CTE touches nothing, so a replayed event leaves the count, the
     channels and the latest message alone. Returns the conversation's id when the message was new.
     """
+    derived = _derived_status(sa.bindparam("id"))
+    # INSERT ... SELECT types its parameters as text: each is cast to its column's type.
+    row = sa.select(
+        *(sa.cast(sa.bindparam(name), messages.c[name].type) for name in _CONTENT_COLUMNS),
+        *(derived.c[name] for name in _STATUS_COLUMNS),
+    )
     inserted = (
         pg.insert(messages)
-        .values({name: sa.bindparam(name) for name in _MESSAGE_COLUMNS})
+        .from_select([*_CONTENT_COLUMNS, *_STATUS_COLUMNS], row)
         .on_conflict_do_nothing()
         .returning(messages.c.id, messages.c.conversation_id, messages.c.type, messages.c.timestamp)
         .cte("inserted_message")
@@ -320,57 +433,111 @@ def _insert_message_statement() -> sa.sql.Update:
     )
 
 
-def _raise_status_statement() -> sa.sql.Update:
-    """Set the outcome only if it ranks above the current status: never backwards, a final one stays."""
-    rank = sa.case({status.value: rank for status, rank in STATUS_RANK.items()}, value=messages.c.status)
-    outcome = ("status", "attempts", "provider", "provider_message_id", "last_error", "status_changed_at")
+def _refresh_status_statement() -> sa.sql.Update:
+    """Derive the stored message's status columns from its history again; returns its id if it is stored.
+
+    `updated_at` moves only if something visible changed (an entry that ranks below the status
+    changes nothing).
+    """
+    derived = _derived_status(sa.bindparam("message_id"))
+    changed = sa.tuple_(*(messages.c[name] for name in _STATUS_COLUMNS)).is_distinct_from(
+        sa.tuple_(*(derived.c[name] for name in _STATUS_COLUMNS))
+    )
     return (
         messages.update()
-        .where(messages.c.id == sa.bindparam("message_id"), rank < sa.bindparam("rank"))
-        .values({**{name: sa.bindparam(name) for name in outcome}, "updated_at": sa.func.now()})
+        # Naming `derived` here is also what puts it in the UPDATE's FROM.
+        .where(messages.c.id == sa.bindparam("message_id"), derived.c.status.isnot(None))
+        .values(
+            {
+                **{name: derived.c[name] for name in _STATUS_COLUMNS},
+                "updated_at": sa.case((changed, sa.func.now()), else_=messages.c.updated_at),
+            }
+        )
         .returning(messages.c.id)
     )
 
 
+_RECORD_ENTRY = _Compiled.of(_record_entry_statement())
 _CREATE_CONVERSATION = _Compiled.of(_create_conversation_statement())
 _INSERT_MESSAGE = _Compiled.of(_insert_message_statement())
-_RAISE_STATUS = _Compiled.of(_raise_status_statement())
+_REFRESH_STATUS = _Compiled.of(_refresh_status_statement())
 
 
-def _message_params(
-    event: SendMessage | MessageReceived,
-    direction: Direction,
+def _history_entry(
+    message_id: uuid.UUID,
     status: MessageStatus,
+    occurred_at: datetime,
     *,
-    status_changed_at: datetime,
+    attempts: int | None = None,
     provider: str | None = None,
     provider_message_id: str | None = None,
-    attempts: int = 0,
-    last_error: str | None = None,
+    error: str | None = None,
 ) -> dict[str, Any]:
-    content = event.content
     return {
-        "id": str(event.message_id),
+        "message_id": str(message_id),
+        "status": status.value,
+        "occurred_at": occurred_at,
+        "attempts": attempts,
+        "provider": provider,
+        "provider_message_id": provider_message_id,
+        "error": error,
+    }
+
+
+def _message_params(message_id: uuid.UUID, direction: Direction, content: MessageContent) -> dict[str, Any]:
+    return {
+        "id": str(message_id),
         "direction": direction.value,
         "type": content.channel.value,
         "from_address": content.from_address,
         "to_address": content.to_address,
         "body": content.body,
         "attachments": Json(list(content.attachments)),
-        "status": status.value,
-        "provider": provider,
-        "provider_message_id": provider_message_id,
-        "attempts": attempts,
-        "last_error": last_error,
         "timestamp": content.timestamp,
-        "status_changed_at": status_changed_at,
     }
 
 
-async def _insert_message(connection: SAConnection, content: MessageContent, params: dict[str, Any]) -> bool:
-    """Store a message in its conversation unless it is there already; True if it was not."""
+async def _record_message(
+    connection: SAConnection, entry: dict[str, Any], content: MessageContent, message: dict[str, Any]
+) -> WriteOutcome:
+    """A send or a received message: its entry, then the message, which is most likely new."""
+    if await _RECORD_ENTRY.scalar(connection, entry) is None:
+        return WriteOutcome.REPLAYED
+    await _store_message(connection, content, message)
+    return WriteOutcome.CHANGED
+
+
+async def _record_status(
+    connection: SAConnection, entry: dict[str, Any], content: MessageContent, message: dict[str, Any]
+) -> WriteOutcome:
+    """A channel service's outcome: its message is most likely stored, but when this event overtook
+    the send it carries, the message is stored from it."""
+    if await _RECORD_ENTRY.scalar(connection, entry) is None:
+        return WriteOutcome.REPLAYED
+    if await _refresh_status(connection, entry["message_id"]) is None:
+        await _store_message(connection, content, message)
+    return WriteOutcome.CHANGED
+
+
+async def _record_receipt(connection: SAConnection, entry: dict[str, Any]) -> WriteOutcome:
+    """A receipt cannot store its message: until the message is, the entry waits in the history."""
+    if await _RECORD_ENTRY.scalar(connection, entry) is None:
+        return WriteOutcome.REPLAYED
+    if await _refresh_status(connection, entry["message_id"]) is None:
+        return WriteOutcome.AWAITING_MESSAGE
+    return WriteOutcome.CHANGED
+
+
+async def _store_message(connection: SAConnection, content: MessageContent, message: dict[str, Any]) -> None:
     conversation_id = await _find_or_create_conversation(connection, content)
-    return await _INSERT_MESSAGE.scalar(connection, {**params, "conversation_id": conversation_id}) is not None
+    if await _INSERT_MESSAGE.scalar(connection, {**message, "conversation_id": conversation_id}) is None:
+        # The message was there after all: committed, since this transaction last looked, by a
+        # writer that skipped the message lock. This statement's fresh snapshot sees it.
+        await _refresh_status(connection, message["id"])
+
+
+async def _refresh_status(connection: SAConnection, message_id: str) -> uuid.UUID | None:
+    return await _REFRESH_STATUS.scalar(connection, {"message_id": message_id})
 
 
 async def _find_or_create_conversation(connection: SAConnection, content: MessageContent) -> int:
@@ -389,42 +556,6 @@ async def _find_or_create_conversation(connection: SAConnection, content: Messag
     return await _CREATE_CONVERSATION.scalar(
         connection, {**key, "participants": participants, "last_message_at": content.timestamp}
     )
-
-
-async def _apply_status(connection: SAConnection, event: MessageStatusChanged) -> bool:
-    if await _raise_status(connection, event):
-        return True
-    # Not raised: either the message is not stored yet (this event overtook its SendMessage) or it
-    # already holds this status or a final one. Store it from the command, with this status.
-    params = _message_params(
-        event.command,
-        Direction.OUTBOUND,
-        event.status,
-        status_changed_at=event.occurred_at,
-        provider=event.provider,
-        provider_message_id=event.provider_message_id,
-        attempts=event.attempts,
-        last_error=event.error,
-    )
-    if await _insert_message(connection, event.command.content, params):
-        return True
-    # The insert met a row committed since the first update looked (a concurrent SendMessage):
-    # this statement's fresh snapshot sees it.
-    return await _raise_status(connection, event)
-
-
-async def _raise_status(connection: SAConnection, event: MessageStatusChanged) -> bool:
-    params = {
-        "message_id": str(event.message_id),
-        "rank": STATUS_RANK[event.status],
-        "status": event.status.value,
-        "attempts": event.attempts,
-        "provider": event.provider,
-        "provider_message_id": event.provider_message_id,
-        "last_error": event.error,
-        "status_changed_at": event.occurred_at,
-    }
-    return await _RAISE_STATUS.scalar(connection, params) is not None
 
 
 def _participants_subquery() -> sa.sql.expression.ScalarSelect:

@@ -78,3 +78,32 @@ messages = sa.Table(
     sa.UniqueConstraint("provider", "provider_message_id"),
     sa.Index("ix_messages_conversation_order", "conversation_id", "timestamp", "seq"),
 )
+
+message_status_history = sa.Table(
+    "message_status_history",
+    metadata,
+    sa.Column("message_id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("status", sa.Text, primary_key=True),
+    sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=True),
+    sa.Column("provider", sa.Text, nullable=True),
+    sa.Column("provider_message_id", sa.Text, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.CheckConstraint(
+        "status IN ('queued', 'sent', 'delivered', 'failed', 'received')", name="ck_message_status_history_status"
+    ),
+)
+
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("request_fingerprint", sa.Text, nullable=False),
+    sa.Column("message_id", UUID(as_uuid=True), nullable=False),
+    sa.Column("command", JSONB, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("published_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Index("ix_idempotency_keys_created_at", "created_at"),
+)

@@ -1,14 +1,21 @@
-"""Builders of bus contracts for tests, with the API.md example addresses as defaults, and a poll helper."""
+"""Builders of bus contracts for tests, with the API.md example addresses as defaults, a poll helper,
+a catcher of the delivery receipts mock providers post, and free ports for services run as processes."""
 
 import asyncio
+import dataclasses
+import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from aiohttp import web
 
 from common.contracts import (
     EMAIL_PROVIDER,
     SMS_PROVIDER,
     Channel,
+    DeliveryReported,
     MessageContent,
     MessageReceived,
     MessageStatus,
@@ -22,6 +29,24 @@ THEIR_PHONE = "+18045551234"
 OUR_EMAIL = "user@usehatchapp.com"
 THEIR_EMAIL = "contact@gmail.com"
 START = datetime(2024, 11, 1, 14, 0, tzinfo=UTC)
+ResultT = TypeVar("ResultT")
+
+# The send requests of API.md, as a client posts them.
+SMS_REQUEST: dict[str, Any] = {
+    "from": "+12016661234",
+    "to": "+18045551234",
+    "type": "sms",
+    "body": "text message",
+    "attachments": None,
+    "timestamp": "2024-11-01T14:00:00Z",
+}
+EMAIL_REQUEST: dict[str, Any] = {
+    "from": "user@usehatchapp.com",
+    "to": "contact@gmail.com",
+    "body": "text or <b>html</b>",
+    "attachments": ["https://example.com/document.pdf"],
+    "timestamp": "2024-11-01T14:00:00Z",
+}
 
 
 def _addresses(channel: Channel) -> tuple[str, str]:
@@ -96,10 +121,80 @@ def status_changed(
     )
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 15.0) -> None:  # noqa: ASYNC109
-    """Poll `check` until it holds; fail naming `what` after `timeout` seconds. Never a bare sleep."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(0.05)
+def delivery_reported(
+    command: SendMessage,
+    status: MessageStatus = MessageStatus.DELIVERED,
+    *,
+    provider_message_id: str = "SM-provider-1",
+    error: str | None = None,
+) -> DeliveryReported:
+    """The provider's delivery receipt for `command`, as the gateway publishes it."""
+    channel = command.content.channel
+    return DeliveryReported(
+        message_id=command.message_id,
+        correlation_id=uuid.uuid4(),
+        channel=channel,
+        provider=EMAIL_PROVIDER if channel is Channel.EMAIL else SMS_PROVIDER,
+        provider_message_id=provider_message_id,
+        status=status,
+        error=error,
+    )
+
+
+async def eventually(
+    check: Callable[[], Awaitable[ResultT]],
+    what: str,
+    timeout: float = 15.0,  # noqa: ASYNC109
+    interval: float = 0.05,
+) -> ResultT:
+    """Poll `check` until it returns something truthy, and return that; fail naming `what` (and the last
+    answer) after `timeout` seconds. Never a bare sleep."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (answer := await check()):
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {answer!r})")
+        await asyncio.sleep(interval)
+    return answer
+
+
+@dataclasses.dataclass(frozen=True)
+class CaughtReceipt:
+    query: dict[str, str]
+    # The form fields of a form post (Twilio), the JSON document of a JSON post (SendGrid).
+    body: Any
+
+
+@dataclasses.dataclass
+class ReceiptCatcher:
+    """A stand-in for the gateway's receipt webhooks: keeps what a mock provider posts to it, after
+    answering `failures_left` posts with 503 to make the provider retry."""
+
+    failures_left: int = 0
+    posts: int = 0
+    caught: list[CaughtReceipt] = dataclasses.field(default_factory=list)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/{path:.*}", self._receive)
+        return app
+
+    async def _receive(self, request: web.Request) -> web.Response:
+        self.posts += 1
+        if self.failures_left:
+            self.failures_left -= 1
+            return web.Response(status=503)
+        body = await request.json() if request.content_type == "application/json" else dict(await request.post())
+        self.caught.append(CaughtReceipt(dict(request.query), body))
+        return web.Response(status=200)
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()

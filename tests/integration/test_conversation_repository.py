@@ -1,6 +1,7 @@
 """The repository on the real PostgreSQL: what each event stores, and that replays and reorderings change nothing."""
 
 import asyncio
+import itertools
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -12,16 +13,26 @@ import sqlalchemy as sa
 from aiopg.sa import Engine, create_engine
 from psycopg2.extensions import make_dsn, parse_dsn
 
-from common.contracts import Channel, MessageReceived, MessageStatus, MessageStatusChanged, SendMessage
+from common.contracts import (
+    Channel,
+    DeliveryReported,
+    MessageEvent,
+    MessageReceived,
+    MessageStatus,
+    MessageStatusChanged,
+    SendMessage,
+)
 from common.http import InvalidRequest, NotFound, ServiceUnavailable
 from common.settings import DatabaseSettings
+from conversation_service.handlers import WriteOutcome
 from conversation_service.migrate import create_role_and_database, drop_database
 from conversation_service.repository import MessageRepository
-from conversation_service.schema import conversation_participants, conversations, messages
+from conversation_service.schema import conversation_participants, conversations, message_status_history, messages
 from tests.factories import (
     OUR_PHONE,
     START,
     THEIR_PHONE,
+    delivery_reported,
     eventually,
     message_received,
     send_message,
@@ -39,7 +50,17 @@ async def engine(database_url: str) -> AsyncIterator[Engine]:
 
 @pytest.fixture
 def repository(engine: Engine) -> MessageRepository:
-    return MessageRepository(engine, retry_seconds=10.0)
+    return MessageRepository(engine, retry_max_interval=0.1)
+
+
+async def store(repository: MessageRepository, event: MessageEvent) -> WriteOutcome:
+    writes = {
+        SendMessage: repository.store_outbound,
+        MessageReceived: repository.store_inbound,
+        MessageStatusChanged: repository.store_status,
+        DeliveryReported: repository.store_receipt,
+    }
+    return await writes[type(event)](event)  # type: ignore[operator]
 
 
 async def rows(engine: Engine, table: sa.Table, *order_by: sa.Column) -> list[dict[str, Any]]:
@@ -53,6 +74,7 @@ async def snapshot(engine: Engine) -> list[list[dict[str, Any]]]:
         await rows(engine, conversations, conversations.c.id),
         await rows(engine, conversation_participants, *conversation_participants.c),
         await rows(engine, messages, messages.c.seq),
+        await rows(engine, message_status_history, *message_status_history.primary_key),
     ]
 
 
@@ -64,7 +86,7 @@ async def message_row(engine: Engine, message_id: uuid.UUID) -> dict[str, Any]:
 async def test_a_send_is_stored_queued_in_a_new_conversation(repository: MessageRepository, engine: Engine) -> None:
     command = send_message(Channel.MMS, attachments=("https://example.com/a.png",))
 
-    assert await repository.store_outbound(command) is True
+    assert await repository.store_outbound(command) is WriteOutcome.CHANGED
 
     (conversation,) = await rows(engine, conversations)
     assert conversation["id"] == 1
@@ -99,13 +121,19 @@ async def test_a_send_is_stored_queued_in_a_new_conversation(repository: Message
 async def test_a_received_message_keeps_its_provider_ids(repository: MessageRepository, engine: Engine) -> None:
     event = message_received(provider_message_id="message-7")
 
-    assert await repository.store_inbound(event) is True
+    assert await repository.store_inbound(event) is WriteOutcome.CHANGED
 
     message = await message_row(engine, event.message_id)
     assert message["direction"] == "inbound"
     assert message["status"] == "received"
     assert (message["provider"], message["provider_message_id"]) == ("sms-provider", "message-7")
     assert (message["from_address"], message["to_address"]) == (THEIR_PHONE, OUR_PHONE)
+    (entry,) = await rows(engine, message_status_history)
+    assert (entry["status"], entry["occurred_at"], entry["provider_message_id"]) == (
+        "received",
+        event.occurred_at,
+        "message-7",
+    )
 
 
 async def test_both_directions_share_one_conversation_and_another_pair_gets_the_next_id(
@@ -126,26 +154,23 @@ async def test_both_directions_share_one_conversation_and_another_pair_gets_the_
 
 async def test_replaying_every_event_changes_nothing(repository: MessageRepository, engine: Engine) -> None:
     command = send_message()
-    events: list[SendMessage | MessageReceived | MessageStatusChanged] = [
+    events: list[MessageEvent] = [
         command,
         message_received(at=START + timedelta(seconds=1)),
         status_changed(command, MessageStatus.SENT, provider_message_id="SM1"),
+        delivery_reported(command, provider_message_id="SM1"),
         send_message(Channel.MMS, at=START + timedelta(seconds=2)),
     ]
-    writes = {
-        SendMessage: repository.store_outbound,
-        MessageReceived: repository.store_inbound,
-        MessageStatusChanged: repository.store_status,
-    }
     for event in events:
-        assert await writes[type(event)](event) is True
+        assert await store(repository, event) is WriteOutcome.CHANGED
     before = await snapshot(engine)
 
     for event in events:
-        assert await writes[type(event)](event) is False
+        assert await store(repository, event) is WriteOutcome.REPLAYED
 
     assert await snapshot(engine) == before
     assert before[0][0]["message_count"] == 3
+    assert len(before[3]) == 5
 
 
 @pytest.mark.parametrize(
@@ -167,7 +192,7 @@ async def test_a_status_only_moves_forward_whatever_the_order(
         await repository.store_status(status_changed(command, status, attempts=attempt))
 
     # The send command redelivered late must not take the status back to queued.
-    assert await repository.store_outbound(command) is False
+    assert await repository.store_outbound(command) is WriteOutcome.REPLAYED
 
     message = await message_row(engine, command.message_id)
     assert message["status"] == final
@@ -181,7 +206,7 @@ async def test_a_failure_records_attempts_and_the_providers_error(
     await repository.store_outbound(command)
     failure = status_changed(command, MessageStatus.FAILED, attempts=3, error="HTTP 500 from the provider")
 
-    assert await repository.store_status(failure) is True
+    assert await repository.store_status(failure) is WriteOutcome.CHANGED
 
     message = await message_row(engine, command.message_id)
     assert (message["status"], message["attempts"], message["last_error"]) == (
@@ -199,8 +224,9 @@ async def test_a_status_that_overtakes_its_send_stores_the_message(
     command = send_message()
     sent = status_changed(command, MessageStatus.SENT, attempts=2, provider_message_id="SM42")
 
-    assert await repository.store_status(sent) is True
-    assert await repository.store_outbound(command) is False
+    assert await repository.store_status(sent) is WriteOutcome.CHANGED
+    # Its own history entry is new, but the message keeps the status it got from the sent.
+    assert await repository.store_outbound(command) is WriteOutcome.CHANGED
 
     message = await message_row(engine, command.message_id)
     assert (message["status"], message["attempts"], message["provider_message_id"]) == ("sent", 2, "SM42")
@@ -315,7 +341,7 @@ async def test_a_write_survives_the_database_dropping_its_connections(
     drop_connections_of(database_url)
 
     command = send_message(at=START + timedelta(minutes=1))
-    assert await repository.store_outbound(command) is True
+    assert await repository.store_outbound(command) is WriteOutcome.CHANGED
 
     assert (await repository.get_message(command.message_id)).status == "queued"
 
@@ -330,7 +356,7 @@ async def test_a_read_survives_the_database_dropping_its_connections(
     assert (await repository.get_message(command.message_id)).id == command.message_id
 
 
-async def test_a_database_that_stays_away_is_service_unavailable_for_reads_and_an_error_for_writes(
+async def test_a_database_that_stays_away_is_service_unavailable_for_reads_and_waited_out_by_writes(
     database_settings: DatabaseSettings,
 ) -> None:
     # A database of this test's own, dropped under the pool: no other test loses its connections.
@@ -340,14 +366,19 @@ async def test_a_database_that_stays_away_is_service_unavailable_for_reads_and_a
     )
     create_role_and_database(doomed)
     async with create_engine(doomed.database_url) as engine:
-        repository = MessageRepository(engine, retry_seconds=0.3, read_retry_seconds=0.3)
+        repository = MessageRepository(engine, retry_max_interval=0.05, read_retry_seconds=0.3)
         drop_database(doomed)
 
         with pytest.raises(ServiceUnavailable):
             await repository.list_conversations(limit=10)
-        # The consumer adapter nacks on this, and the broker hands the message out again later.
-        with pytest.raises(psycopg2.OperationalError):
-            await repository.store_outbound(send_message())
+        # The consumer holds the message unacked meanwhile: a nack would count toward the queue's
+        # delivery limit, and a long outage would dead-letter good events.
+        write = asyncio.create_task(repository.store_outbound(send_message()))
+        done, _ = await asyncio.wait({write}, timeout=1.0)
+        assert not done
+        write.cancel()
+        done, _ = await asyncio.wait({write}, timeout=1.0)
+        assert done == {write} and write.cancelled()
 
 
 async def test_a_status_racing_its_send_into_the_database_is_not_lost(
@@ -377,7 +408,7 @@ async def test_a_status_racing_its_send_into_the_database_is_not_lost(
         )
         await transaction.commit()
 
-        assert await asyncio.wait_for(status, timeout=10) is True
+        assert await asyncio.wait_for(status, timeout=10) is WriteOutcome.CHANGED
 
     assert (await message_row(engine, command.message_id))["status"] == "sent"
 
@@ -403,3 +434,141 @@ async def test_conversations_created_by_racing_writers_get_ids_without_gaps(
         )
 
     assert [row["id"] for row in await rows(engine, conversations, conversations.c.id)] == list(range(1, 9))
+
+
+def lifecycle(command: SendMessage) -> dict[str, MessageEvent]:
+    """A send's three reports, each a little later than the last, as they happen in the world."""
+    sent = status_changed(command, MessageStatus.SENT, attempts=2, provider_message_id="SM42")
+    delivered = delivery_reported(command, provider_message_id="SM42")
+    return {
+        "queued": command,
+        "sent": sent.model_copy(update={"occurred_at": command.occurred_at + timedelta(seconds=1)}),
+        "delivered": delivered.model_copy(update={"occurred_at": command.occurred_at + timedelta(seconds=5)}),
+    }
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(["queued", "sent", "delivered"])), ids="-".join)
+async def test_every_arrival_order_ends_delivered_with_the_full_history(
+    repository: MessageRepository, engine: Engine, order: tuple[str, ...]
+) -> None:
+    command = send_message()
+    events = lifecycle(command)
+
+    outcomes = [await store(repository, events[name]) for name in order]
+
+    # Only a receipt that arrives before anything else of its message waits for it.
+    awaiting = [WriteOutcome.AWAITING_MESSAGE] if order[0] == "delivered" else [WriteOutcome.CHANGED]
+    assert outcomes == awaiting + [WriteOutcome.CHANGED] * 2
+    message = await repository.get_message(command.message_id)
+    assert (message.status, message.attempts, message.provider, message.provider_message_id, message.last_error) == (
+        "delivered",
+        2,
+        "sms-provider",
+        "SM42",
+        None,
+    )
+    assert message.status_changed_at == events["delivered"].occurred_at
+    assert [(change.status, change.at, change.attempts, change.provider_message_id) for change in message.history] == [
+        ("queued", command.occurred_at, None, None),
+        ("sent", events["sent"].occurred_at, 2, "SM42"),
+        ("delivered", events["delivered"].occurred_at, None, "SM42"),
+    ]
+    (conversation,) = await rows(engine, conversations)
+    assert conversation["message_count"] == 1
+
+
+async def test_a_receipt_for_a_message_never_stored_stays_in_the_history_only(
+    repository: MessageRepository, engine: Engine
+) -> None:
+    receipt = delivery_reported(send_message(), MessageStatus.FAILED, error="error 30003")
+
+    assert await repository.store_receipt(receipt) is WriteOutcome.AWAITING_MESSAGE
+    assert await repository.store_receipt(receipt) is WriteOutcome.REPLAYED
+
+    assert await rows(engine, messages) == []
+    assert await rows(engine, conversations) == []
+    (entry,) = await rows(engine, message_status_history)
+    assert (entry["message_id"], entry["status"], entry["error"]) == (receipt.message_id, "failed", "error 30003")
+    with pytest.raises(NotFound):
+        await repository.get_message(receipt.message_id)
+
+
+async def test_a_failed_receipt_after_sent_fails_the_message_and_keeps_the_sends_attempts(
+    repository: MessageRepository, engine: Engine
+) -> None:
+    command = send_message()
+    await repository.store_outbound(command)
+    await repository.store_status(status_changed(command, MessageStatus.SENT, attempts=3, provider_message_id="SM7"))
+    before = await message_row(engine, command.message_id)
+    receipt = delivery_reported(command, MessageStatus.FAILED, provider_message_id="SM7", error="error 30003")
+
+    assert await repository.store_receipt(receipt) is WriteOutcome.CHANGED
+
+    message = await message_row(engine, command.message_id)
+    assert (message["status"], message["attempts"], message["provider_message_id"], message["last_error"]) == (
+        "failed",
+        3,
+        "SM7",
+        "error 30003",
+    )
+    assert message["status_changed_at"] == receipt.occurred_at
+    assert message["updated_at"] > before["updated_at"]
+    assert [
+        entry["status"] for entry in await rows(engine, message_status_history, message_status_history.c.occurred_at)
+    ] == [
+        "queued",
+        "sent",
+        "failed",
+    ]
+
+
+async def test_delivered_never_goes_back_to_sent_and_a_late_entry_leaves_the_message_untouched(
+    repository: MessageRepository, engine: Engine
+) -> None:
+    command = send_message()
+    events = lifecycle(command)
+    await repository.store_outbound(command)
+    await store(repository, events["delivered"])
+    before = await message_row(engine, command.message_id)
+
+    assert await store(repository, events["sent"]) is WriteOutcome.CHANGED
+
+    after = await message_row(engine, command.message_id)
+    assert after["status"] == "delivered"
+    # The send's attempts and provider id are learnt; the status and its time stay.
+    assert (after["attempts"], after["status_changed_at"]) == (2, before["status_changed_at"])
+    assert len(await rows(engine, message_status_history)) == 3
+
+
+async def test_of_two_final_reports_the_first_to_happen_wins_whatever_order_they_arrive_in(
+    repository: MessageRepository, engine: Engine
+) -> None:
+    command = send_message()
+    delivered = delivery_reported(command)
+    bounced = delivery_reported(command, MessageStatus.FAILED, error="error 30005").model_copy(
+        update={"occurred_at": delivered.occurred_at + timedelta(seconds=1)}
+    )
+    await repository.store_outbound(command)
+    await repository.store_receipt(bounced)
+    assert (await message_row(engine, command.message_id))["status"] == "failed"
+
+    await repository.store_receipt(delivered)
+
+    message = await message_row(engine, command.message_id)
+    assert (message["status"], message["last_error"]) == ("delivered", None)
+
+
+async def test_a_receipt_racing_its_send_is_never_lost(repository: MessageRepository, engine: Engine) -> None:
+    commands = [send_message(to_address=f"+1312555{i:04d}") for i in range(20)]
+
+    for command in commands:
+        outcomes = await asyncio.gather(
+            repository.store_receipt(delivery_reported(command, provider_message_id=f"SM{command.message_id}")),
+            repository.store_outbound(command),
+        )
+        assert outcomes[1] is WriteOutcome.CHANGED
+
+    stored = await rows(engine, messages)
+    assert len(stored) == 20
+    assert {row["status"] for row in stored} == {"delivered"}
+    assert len(await rows(engine, message_status_history)) == 40

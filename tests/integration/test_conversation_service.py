@@ -1,8 +1,9 @@
 """The whole conversation service on the real RabbitMQ and PostgreSQL: events in over the bus, JSON out."""
 
+import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -11,12 +12,13 @@ import psycopg2
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from psycopg2.extensions import make_dsn, parse_dsn
 
 from common.broker import BROKER, Topology
-from common.contracts import Channel
+from common.contracts import Channel, MessageStatus
 from conversation_service.app import create_app
 from conversation_service.settings import ConversationSettings
-from tests.factories import START, eventually, message_received, send_message
+from tests.factories import START, delivery_reported, eventually, message_received, send_message, status_changed
 
 pytestmark = pytest.mark.integration
 
@@ -146,6 +148,41 @@ async def test_the_read_api_serves_what_the_bus_delivered(client: TestClient, da
     assert message["created_at"].endswith("Z")
 
 
+async def test_a_receipt_that_overtakes_its_send_shows_once_the_send_is_stored(
+    client: TestClient, database_url: str
+) -> None:
+    publisher = client.app[BROKER].publisher
+    command = send_message()
+    sent = status_changed(command, MessageStatus.SENT, attempts=2, provider_message_id="SM9")
+    failed = delivery_reported(command, MessageStatus.FAILED, provider_message_id="SM9", error="error 30003")
+
+    await publisher.publish(failed)
+    await eventually(lambda: _history_is(database_url, command.message_id, {"failed"}), "the receipt is recorded")
+    assert count_messages(database_url, command.message_id) == 0
+    for event in (command, sent):
+        await publisher.publish(event)
+    await eventually(
+        lambda: _history_is(database_url, command.message_id, {"queued", "sent", "failed"}), "the whole history"
+    )
+
+    message = await (await client.get(f"/messages/{command.message_id}")).json()
+    assert {key: message[key] for key in ("status", "attempts", "provider", "provider_message_id", "last_error")} == {
+        "status": "failed",
+        "attempts": 2,
+        "provider": "sms-provider",
+        "provider_message_id": "SM9",
+        "last_error": "error 30003",
+    }
+    assert [(entry["attempts"], entry["error"]) for entry in message["history"]] == [
+        (None, None),
+        (2, None),
+        (None, "error 30003"),
+    ]
+    (listed,) = (await (await client.get("/conversations/1/messages")).json())["messages"]
+    assert "history" not in listed
+    assert listed["status"] == "failed"
+
+
 async def test_unknown_conversation_is_a_404(client: TestClient) -> None:
     response = await client.get("/conversations/1/messages")
 
@@ -164,6 +201,14 @@ async def test_a_conversation_id_that_is_not_a_positive_bigint_is_a_422(
     assert [detail["field"] for detail in body["details"]] == ["conversation_id"]
 
 
+async def _history_is(database_url: str, message_id: uuid.UUID, statuses: set[str]) -> bool:
+    with psycopg2.connect(database_url) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT status FROM message_status_history WHERE message_id = %s", (str(message_id),))
+        recorded = {status for (status,) in cursor.fetchall()}
+    connection.close()
+    return recorded == statuses
+
+
 async def _stored(database_url: str, message_id: uuid.UUID) -> bool:
     return count_messages(database_url, message_id) == 1
 
@@ -173,3 +218,93 @@ async def _logged(caplog: pytest.LogCaptureFixture, event: str, message_id: uuid
         record.getMessage() == event and record.__dict__.get("message_id") == str(message_id)
         for record in caplog.records
     )
+
+
+class DatabaseLink:
+    """A TCP relay to PostgreSQL that a test can cut and restore: a database outage as the service sees it."""
+
+    def __init__(self, database_url: str) -> None:
+        self._dsn = parse_dsn(database_url)
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.port = 0
+
+    @property
+    def database_url(self) -> str:
+        return make_dsn(**{**self._dsn, "host": "127.0.0.1", "port": str(self.port)})
+
+    async def restore(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+
+    async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection(self._dsn["host"], int(self._dsn["port"]))
+        self._writers |= {client_writer, server_writer}
+        await asyncio.gather(
+            self._pipe(client_reader, server_writer), self._pipe(server_reader, client_writer), return_exceptions=True
+        )
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+            self._writers.discard(writer)
+
+
+@pytest.fixture
+async def link(database_url: str) -> AsyncIterator[DatabaseLink]:
+    link = DatabaseLink(database_url)
+    await link.restore()
+    yield link
+    await link.cut()
+
+
+async def test_events_wait_out_a_database_outage_unacked_and_are_stored_once_it_is_back(
+    aiohttp_client: Callable[[web.Application], Awaitable[TestClient]],
+    link: DatabaseLink,
+    database_url: str,
+    amqp_url: str,
+    broker_namespace: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="conversation_service.repository")
+    settings = ConversationSettings(
+        database_url=link.database_url,
+        amqp_url=amqp_url,
+        broker_namespace=broker_namespace,
+        # Two deliveries and a message is dead-lettered: giving up on the database even twice would show.
+        delivery_limit=2,
+        database_retry_max_interval_seconds=0.05,
+        shutdown_grace_seconds=1.0,
+    )
+    client = await aiohttp_client(create_app(settings))
+    publisher = client.app[BROKER].publisher
+    events = [message_received(provider_message_id=f"during-outage-{i}") for i in range(3)]
+
+    await link.cut()
+    for event in events:
+        await publisher.publish(event)
+    await eventually(lambda: _retried(caplog, 32), "the writes to keep retrying well past a few tries")
+    assert (await client.get("/readyz")).status == 503
+    await link.restore()
+
+    for event in events:
+        await eventually(lambda event=event: _stored(database_url, event.message_id), "every event is stored")
+    assert (await client.get("/readyz")).status == 200
+    dead_letters = await client.app[BROKER].consume_channel.get_queue(
+        Topology(broker_namespace).conversation_events.dead_letter_name
+    )
+    assert await dead_letters.get(no_ack=True, fail=False) is None
+
+
+async def _retried(caplog: pytest.LogCaptureFixture, attempts: int) -> bool:
+    return any(record.__dict__.get("attempt", 0) >= attempts for record in caplog.records)

@@ -13,7 +13,6 @@ from common.contracts import (
     SendMessage,
     inbound_message_id,
     message_event_adapter,
-    outbound_message_id,
 )
 from tests.factories import message_received, send_message, status_changed
 
@@ -62,10 +61,6 @@ def test_a_status_event_only_reports_outcomes() -> None:
 def test_message_ids_are_stable_where_a_repeat_must_be_the_same_message() -> None:
     assert inbound_message_id("sms-provider", "message-1") == inbound_message_id("sms-provider", "message-1")
     assert inbound_message_id("sms-provider", "message-1") != inbound_message_id("email-provider", "message-1")
-    assert outbound_message_id("key-1", "request") == outbound_message_id("key-1", "request")
-    assert outbound_message_id("key-1", "request") != outbound_message_id("key-2", "request")
-    assert outbound_message_id("key-1", "request") != outbound_message_id("key-1", "another request")
-    assert outbound_message_id(None, "request") != outbound_message_id(None, "request")
 
 
 def test_a_received_message_derives_its_id_from_the_provider_id() -> None:

@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient
 
 from common.http import NotFound
 from conversation_service.app import create_app
-from conversation_service.models import ConversationView, MessageView, Page
+from conversation_service.models import ConversationView, MessageDetail, MessageView, Page, StatusChange
 from conversation_service.settings import ConversationSettings
 
 # The database may answer in any session time zone; clients must still see UTC with a Z.
@@ -32,6 +32,19 @@ MESSAGE = MessageView(
     created_at=datetime(2024, 11, 1, 14, 0, 1, 250000, tzinfo=UTC),
     updated_at=datetime(2024, 11, 1, 14, 0, 2, tzinfo=UTC),
     status_changed_at=datetime(2024, 11, 1, 14, 0, 2, tzinfo=UTC),
+)
+DETAIL = MessageDetail(
+    **MESSAGE.model_dump(),
+    history=[
+        StatusChange(
+            status="queued",
+            at=datetime(2024, 11, 1, 16, 0, 0, 500000, tzinfo=PLUS_TWO),
+            attempts=None,
+            provider_message_id=None,
+            error=None,
+        ),
+        StatusChange(status="sent", at=MESSAGE.status_changed_at, attempts=1, provider_message_id="SM123", error=None),
+    ],
 )
 CONVERSATION = ConversationView(
     id=1,
@@ -77,11 +90,11 @@ class FakeRepository:
             raise NotFound(f"conversation {conversation_id} not found")
         return Page([MESSAGE], None)
 
-    async def get_message(self, message_id: uuid.UUID) -> MessageView:
+    async def get_message(self, message_id: uuid.UUID) -> MessageDetail:
         self.calls.append(("get_message", message_id))
         if message_id != MESSAGE.id:
             raise NotFound(f"message {message_id} not found")
-        return MESSAGE
+        return DETAIL
 
 
 @pytest.fixture
@@ -124,11 +137,30 @@ async def test_a_conversations_messages_in_the_documented_shape(client: TestClie
     assert repository.calls == [("list_messages", 1, 50, "abc")]
 
 
-async def test_one_message(client: TestClient) -> None:
+async def test_one_message_with_its_history_oldest_first(client: TestClient, repository: FakeRepository) -> None:
     response = await client.get(f"/messages/{MESSAGE.id}")
 
     assert response.status == 200
-    assert await response.json() == MESSAGE_JSON
+    assert await response.json() == {
+        **MESSAGE_JSON,
+        "history": [
+            {
+                "status": "queued",
+                "at": "2024-11-01T14:00:00.500000Z",
+                "attempts": None,
+                "provider_message_id": None,
+                "error": None,
+            },
+            {
+                "status": "sent",
+                "at": "2024-11-01T14:00:02Z",
+                "attempts": 1,
+                "provider_message_id": "SM123",
+                "error": None,
+            },
+        ],
+    }
+    assert repository.calls == [("get_message", MESSAGE.id)]
 
 
 @pytest.mark.parametrize("conversation_id", ["abc", "0", "-1", "1.5", "99999999999999999999", "9223372036854775808"])

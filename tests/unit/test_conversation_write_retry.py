@@ -1,0 +1,113 @@
+"""The repository against a fake engine whose database is away: writes wait it out, reads give up."""
+
+import asyncio
+import logging
+from types import TracebackType
+from typing import Any
+
+import psycopg2
+import pytest
+
+from common.http import ServiceUnavailable
+from conversation_service.handlers import WriteOutcome
+from conversation_service.repository import MessageRepository
+from tests.factories import eventually, send_message
+
+
+class AnsweringConnection:
+    """A connection to a database that has everything already: every write is a replay."""
+
+    def begin(self) -> "AnsweringConnection":
+        return self
+
+    async def __aenter__(self) -> "AnsweringConnection":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    async def scalar(self, sql: str, params: dict[str, Any]) -> None:
+        return None
+
+
+class OutageEngine:
+    """Refuses `failures` connections (all of them by default) with `error`, then connects."""
+
+    def __init__(self, error: Exception | None = None, failures: float = float("inf")) -> None:
+        self.error = error or psycopg2.OperationalError("could not connect to server: Connection refused")
+        self.failures = failures
+        self.attempts = 0
+
+    def acquire(self) -> "OutageEngine":
+        return self
+
+    async def __aenter__(self) -> AnsweringConnection:
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise self.error
+        return AnsweringConnection()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        return None
+
+
+def repository_on(engine: OutageEngine) -> MessageRepository:
+    # The pause between tries is at most 10 ms here; the old deadline gave up after 15 s of them.
+    return MessageRepository(engine, retry_max_interval=0.01, read_retry_seconds=0.05)  # type: ignore[arg-type]
+
+
+async def test_a_write_keeps_retrying_for_as_long_as_the_database_stays_away() -> None:
+    engine = OutageEngine()
+    write = asyncio.create_task(repository_on(engine).store_outbound(send_message()))
+
+    await eventually(lambda: _at_least(engine, 100), "100 tries of the write")
+
+    assert not write.done()
+    write.cancel()
+    # Shutdown cancels the writes in hand: a retry must end at once, not hang or swallow it.
+    done, _ = await asyncio.wait({write}, timeout=1.0)
+    assert done == {write}
+    assert write.cancelled()
+
+
+async def test_a_write_completes_once_the_database_is_back() -> None:
+    engine = OutageEngine(failures=30)
+
+    outcome = await asyncio.wait_for(repository_on(engine).store_outbound(send_message()), timeout=5.0)
+
+    assert outcome is WriteOutcome.REPLAYED
+    assert engine.attempts == 31
+
+
+async def test_an_error_other_than_a_lost_connection_propagates_at_once() -> None:
+    engine = OutageEngine(psycopg2.errors.UniqueViolation("duplicate key value"))
+
+    with pytest.raises(psycopg2.errors.UniqueViolation):
+        await repository_on(engine).store_outbound(send_message())
+
+    assert engine.attempts == 1
+
+
+async def test_a_read_gives_up_with_service_unavailable() -> None:
+    engine = OutageEngine()
+
+    with pytest.raises(ServiceUnavailable):
+        await repository_on(engine).list_conversations(limit=10)
+
+    assert engine.attempts > 1
+
+
+async def test_an_outage_is_logged_at_ever_longer_intervals(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="conversation_service.repository")
+    engine = OutageEngine(failures=100)
+
+    await asyncio.wait_for(repository_on(engine).store_outbound(send_message()), timeout=5.0)
+
+    logged = [record.__dict__["attempt"] for record in caplog.records]
+    assert logged == [1, 2, 4, 8, 16, 32, 64]
+
+
+async def _at_least(engine: OutageEngine, attempts: int) -> bool:
+    return engine.attempts >= attempts
