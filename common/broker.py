@@ -29,6 +29,9 @@ from common.settings import ServiceSettings
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_SECONDS = 5.0
+# How soon a lost broker connection is tried again (aio-pika's default is 5 s): the gateway answers 503
+# until it is back, so every second of this is a second of refused requests after the broker returns.
+RECONNECT_INTERVAL_SECONDS = 1.0
 
 ContractT = TypeVar("ContractT", bound=Contract)
 
@@ -53,7 +56,7 @@ class Topology:
         self.sms_outbound = QueueSpec(f"{prefix}sms_service.outbound", ("outbound.sms", "outbound.mms"))
         self.email_outbound = QueueSpec(f"{prefix}email_service.outbound", ("outbound.email",))
         self.conversation_events = QueueSpec(
-            f"{prefix}conversation_service.events", ("outbound.*", "inbound.*", "status.*")
+            f"{prefix}conversation_service.events", ("outbound.*", "inbound.*", "status.*", "receipt.*")
         )
 
     @property
@@ -113,9 +116,12 @@ class Publisher:
         try:
             # The channel has publisher confirms on and raises on a returned (unroutable) message,
             # so returning from here means the broker has the message on disk in every bound queue.
-            await self._exchange.publish(
-                message, routing_key=contract.routing_key, mandatory=True, timeout=PUBLISH_TIMEOUT_SECONDS
-            )
+            # The outer bound covers what `timeout` does not: a robust channel caught mid-reconnect
+            # waits for the connection before it sends, however long the broker stays away.
+            async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+                await self._exchange.publish(
+                    message, routing_key=contract.routing_key, mandatory=True, timeout=PUBLISH_TIMEOUT_SECONDS
+                )
         except (
             aiormq.exceptions.AMQPError,
             aiormq.exceptions.ChannelInvalidStateError,
@@ -146,7 +152,7 @@ BROKER = web.AppKey("broker", Broker)
 
 def broker_ctx(settings: ServiceSettings) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        connection = await aio_pika.connect_robust(settings.amqp_url)
+        connection = await aio_pika.connect_robust(settings.amqp_url, reconnect_interval=RECONNECT_INTERVAL_SECONDS)
         try:
             publish_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             consume_channel = await connection.channel()
@@ -173,9 +179,13 @@ class Consumer(Generic[ContractT]):
     """Feeds one queue's messages to a handler that knows nothing of AMQP.
 
     A message that does not parse into the contract can never succeed: it is rejected to the
-    dead-letter queue at once. A handler failure is nacked back to the queue after a pause (the
-    quorum queue's delivery limit dead-letters it if it keeps failing). Ack comes only after the
-    handler returned, that is after its effect is durable.
+    dead-letter queue at once. A handler failure is nacked back to the queue after a pause, except
+    on the last delivery the queue's `delivery_limit` allows, where it is rejected to the dead-letter
+    queue with a log of why. Ack comes only after the handler returned, that is after its effect is
+    durable.
+
+    Every delivery runs in a task of its own (aio-pika starts one per message), so a handler waiting
+    out a provider's backoff holds one of the channel's prefetch slots, not the whole queue.
     """
 
     def __init__(
@@ -184,11 +194,13 @@ class Consumer(Generic[ContractT]):
         parse: Callable[[bytes], ContractT],
         handler: Callable[[ContractT], Awaitable[Any]],
         *,
+        delivery_limit: int,
         redelivery_delay: float = 1.0,
     ) -> None:
         self._queue = queue
         self._parse = parse
         self._handler = handler
+        self._delivery_limit = delivery_limit
         self._redelivery_delay = redelivery_delay
         self._consumer_tag: str | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
@@ -241,12 +253,31 @@ class Consumer(Generic[ContractT]):
             await self._handler(contract)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as error:
+            earlier_deliveries = _earlier_deliveries(message)
+            context |= {
+                "delivery_count": earlier_deliveries,
+                "delivery_limit": self._delivery_limit,
+                "error": repr(error),
+            }
+            if earlier_deliveries >= self._delivery_limit:
+                # The broker would dead-letter it after this nack anyway, but silently; rejecting it
+                # here puts the handler's error next to every dead letter in the logs.
+                log.exception("dead-lettering a message whose handler failed on its last delivery", extra=context)
+                await message.reject(requeue=False)
+                return
             log.exception("handler failed; message goes back to the queue", extra=context)
             await asyncio.sleep(self._redelivery_delay)
             await message.nack(requeue=True)
             return
         await message.ack()
+
+
+def _earlier_deliveries(message: AbstractIncomingMessage) -> int:
+    """How often the broker handed this message out before: a quorum queue's `x-delivery-count`,
+    which passing the queue's delivery limit dead-letters the message."""
+    count = (message.headers or {}).get("x-delivery-count", 0)
+    return count if isinstance(count, int) else 0
 
 
 def consumer_ctx(
@@ -260,7 +291,7 @@ def consumer_ctx(
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         broker = app[BROKER]
         queue = await broker.consume_channel.get_queue(queue_spec(broker.topology).name, ensure=True)
-        consumer = Consumer(queue, parse, make_handler(app))
+        consumer = Consumer(queue, parse, make_handler(app), delivery_limit=settings.delivery_limit)
         await consumer.start()
         yield
         await consumer.stop(settings.shutdown_grace_seconds)

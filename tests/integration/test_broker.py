@@ -2,7 +2,8 @@
 and a stop that lets in-flight work finish."""
 
 import asyncio
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import aio_pika
@@ -51,14 +52,22 @@ async def message_count(queue: AbstractQueue) -> int:
     return result.message_count or 0
 
 
-async def test_a_message_whose_handler_keeps_failing_is_dead_lettered_not_redelivered_forever(bus: Bus) -> None:
+def consumer_of(bus: Bus, handler: Callable[[MessageReceived], Awaitable[None]]) -> Consumer[MessageReceived]:
+    return Consumer(
+        bus.events, message_event_adapter.validate_json, handler, delivery_limit=DELIVERY_LIMIT, redelivery_delay=0.01
+    )
+
+
+async def test_a_message_whose_handler_keeps_failing_is_dead_lettered_not_redelivered_forever(
+    bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
     attempts: list[MessageReceived] = []
 
     async def always_fails(event: MessageReceived) -> None:
         attempts.append(event)
         raise RuntimeError("the database said no")
 
-    consumer = Consumer(bus.events, message_event_adapter.validate_json, always_fails, redelivery_delay=0.01)
+    consumer = consumer_of(bus, always_fails)
     await consumer.start()
     try:
         await bus.publisher.publish(message_received())
@@ -74,6 +83,43 @@ async def test_a_message_whose_handler_keeps_failing_is_dead_lettered_not_redeli
     assert await message_count(bus.events) == 0
     dead = await bus.dead_letters.get(timeout=5)
     assert message_event_adapter.validate_json(dead.body) == attempts[0]
+    # Rejected by the consumer on the last delivery, not dropped by the broker without a word.
+    assert (dead.headers or {})["x-first-death-reason"] == "rejected"
+    [why] = [record for record in caplog.records if record.getMessage().startswith("dead-lettering")]
+    assert (why.getMessage(), why.levelno) == (
+        "dead-lettering a message whose handler failed on its last delivery",
+        logging.ERROR,
+    )
+    assert (why.delivery_count, why.delivery_limit) == (DELIVERY_LIMIT, DELIVERY_LIMIT)  # type: ignore[attr-defined]
+    assert why.error == "RuntimeError('the database said no')"  # type: ignore[attr-defined]
+    assert why.amqp_message_id == dead.message_id  # type: ignore[attr-defined]
+
+
+async def test_a_handler_that_recovers_before_the_delivery_limit_is_acked_not_dead_lettered(
+    bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    attempts: list[MessageReceived] = []
+
+    async def fails_until_the_last_delivery(event: MessageReceived) -> None:
+        attempts.append(event)
+        if len(attempts) <= DELIVERY_LIMIT:
+            raise RuntimeError("the database said no")
+
+    consumer = consumer_of(bus, fails_until_the_last_delivery)
+    await consumer.start()
+    try:
+        await bus.publisher.publish(message_received())
+
+        async def handled_on_the_last_delivery() -> bool:
+            return len(attempts) == DELIVERY_LIMIT + 1 and await message_count(bus.events) == 0
+
+        await eventually(handled_on_the_last_delivery, "the message handled on its last delivery")
+    finally:
+        await consumer.stop(grace_seconds=1)
+
+    assert await message_count(bus.dead_letters) == 0
+    retried = [record for record in caplog.records if record.getMessage().startswith("handler failed")]
+    assert [record.delivery_count for record in retried] == list(range(DELIVERY_LIMIT))  # type: ignore[attr-defined]
 
 
 async def test_a_message_is_acked_only_after_its_handler_finished(bus: Bus) -> None:
@@ -82,7 +128,7 @@ async def test_a_message_is_acked_only_after_its_handler_finished(bus: Bus) -> N
     async def stores(event: MessageReceived) -> None:
         handled.append(event)
 
-    consumer = Consumer(bus.events, message_event_adapter.validate_json, stores)
+    consumer = consumer_of(bus, stores)
     await consumer.start()
     try:
         event = message_received()
@@ -108,7 +154,7 @@ async def test_stop_lets_the_message_in_hand_finish_before_the_consumer_goes(bus
         await asyncio.sleep(0.3)
         finished.append(event)
 
-    consumer = Consumer(bus.events, message_event_adapter.validate_json, slow)
+    consumer = consumer_of(bus, slow)
     await consumer.start()
     await bus.publisher.publish(message_received())
     await asyncio.wait_for(started.wait(), 10)
@@ -126,7 +172,7 @@ async def test_stop_returns_unfinished_work_to_the_queue_when_the_grace_runs_out
         started.set()
         await asyncio.sleep(60)
 
-    consumer = Consumer(bus.events, message_event_adapter.validate_json, stuck)
+    consumer = consumer_of(bus, stuck)
     await consumer.start()
     await bus.publisher.publish(message_received())
     await asyncio.wait_for(started.wait(), 10)
