@@ -3,21 +3,35 @@
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import NotRequired
 
 from aiohttp import web
 from pydantic import ValidationError
+from typing_extensions import TypedDict
 
 from common.broker import BrokerUnavailable
 
 log = logging.getLogger(__name__)
 
 
+# TypedDicts rather than models: the bodies stay plain dicts, and the gateway's OpenAPI description
+# derives the error schema from these (pydantic reads TypedDicts from typing_extensions only, on 3.11).
+class ErrorDetail(TypedDict):
+    field: str
+    reason: str
+
+
+class ErrorBody(TypedDict):
+    error: str
+    message: str
+    details: NotRequired[list[ErrorDetail]]
+
+
 class ServiceError(Exception):
     status = 500
     code = "internal_error"
 
-    def __init__(self, message: str, details: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, message: str, details: list[ErrorDetail] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.details = details
@@ -43,7 +57,12 @@ class ServiceUnavailable(ServiceError):
     code = "service_unavailable"
 
 
-def validation_details(error: ValidationError) -> list[dict[str, Any]]:
+class Conflict(ServiceError):
+    status = 409
+    code = "conflict"
+
+
+def validation_details(error: ValidationError) -> list[ErrorDetail]:
     """One entry per field at fault, with the field's dotted path and the reason in words."""
     return [
         {
@@ -66,8 +85,8 @@ def request_validation() -> Iterator[None]:
         raise InvalidRequest("request is invalid", validation_details(error)) from error
 
 
-def error_body(code: str, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"error": code, "message": message}
+def error_body(code: str, message: str, details: list[ErrorDetail] | None = None) -> ErrorBody:
+    body: ErrorBody = {"error": code, "message": message}
     if details:
         body["details"] = details
     return body
@@ -91,8 +110,11 @@ async def error_middleware(
         if error.empty_body or error.status < 400:
             raise
         code = error.reason.lower().replace(" ", "_")
+        # A body over the size cap is the client's input at fault, so it is named like any other.
+        too_large = error.status == web.HTTPRequestEntityTooLarge.status_code
+        details: list[ErrorDetail] | None = [{"field": "request", "reason": error.text}] if too_large else None
         return web.json_response(
-            error_body(code, error.text or error.reason),
+            error_body(code, error.text or error.reason, details),
             status=error.status,
             headers={k: v for k, v in error.headers.items() if k.lower() == "allow"},
         )

@@ -9,6 +9,7 @@ from common.health import READINESS_CHECKS, add_health_routes
 from common.http import error_middleware
 from conversation_service.api import REPOSITORY, SETTINGS, add_read_routes
 from conversation_service.handlers import EventHandler
+from conversation_service.idempotency import KEY_STORE, IdempotencyKeyStore, add_key_routes, key_purge_ctx
 from conversation_service.repository import MessageRepository
 from conversation_service.settings import ConversationSettings
 
@@ -32,6 +33,8 @@ def create_app(settings: ConversationSettings, *, repository: MessageRepository 
                 lambda app: EventHandler(app[REPOSITORY]),
             )
         )
+        app.cleanup_ctx.append(key_purge_ctx(settings.idempotency_purge_interval_seconds))
+        add_key_routes(app)
     else:
         app[REPOSITORY] = repository
     add_read_routes(app)
@@ -41,8 +44,13 @@ def create_app(settings: ConversationSettings, *, repository: MessageRepository 
 def database_ctx(settings: ConversationSettings) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         async with create_engine(settings.database_url, maxsize=settings.database_pool_size) as engine:
-            repository = MessageRepository(engine, retry_seconds=settings.database_retry_seconds)
+            repository = MessageRepository(engine, retry_max_interval=settings.database_retry_max_interval_seconds)
             app[REPOSITORY] = repository
+            app[KEY_STORE] = IdempotencyKeyStore(
+                engine,
+                ttl_seconds=settings.idempotency_key_ttl_seconds,
+                claim_seconds=settings.idempotency_claim_seconds,
+            )
             app[READINESS_CHECKS]["database"] = repository.is_available
             yield
 

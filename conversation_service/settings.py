@@ -9,11 +9,23 @@ class ConversationSettings(ServiceSettings, DatabaseSettings):
     conversation_service_port: int = 8083
     default_page_size: int = Field(50, ge=1, description="Page size of a list read that names no `limit`")
     max_page_size: int = Field(200, ge=1, description="Largest `limit` a list read accepts")
-    database_retry_seconds: float = Field(
-        15.0,
+    database_retry_max_interval_seconds: float = Field(
+        2.0,
         gt=0,
-        description="How long a write keeps retrying a lost database connection before the message goes "
-        "back to the queue",
+        description="Longest pause between two tries of a write while the database is unreachable. A write "
+        "retries for as long as the database stays away: its message stays unacked, the rest wait on the queue",
+    )
+    idempotency_key_ttl_seconds: float = Field(
+        86_400.0, gt=0, description="How long a client's Idempotency-Key holds; after that it is a new send"
+    )
+    idempotency_purge_interval_seconds: float = Field(
+        3600.0, gt=0, description="How often expired Idempotency-Keys are deleted"
+    )
+    idempotency_claim_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="How long a repeat of a send waits for the first one to publish before it publishes "
+        "the same command itself (the first one's gateway presumed dead)",
     )
 
     @model_validator(mode="after")

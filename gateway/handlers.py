@@ -1,26 +1,41 @@
 """The gateway's work: turn a validated request into a bus contract and get it safely queued.
 
-Nothing here knows of HTTP or AMQP: the publisher is injected, and any object with
-`async publish(contract)` will do.
+Nothing here knows of HTTP or AMQP: the publisher and the Idempotency-Key store are injected, and
+any object with `async publish(contract)`, or with the `KeyStore` methods, will do.
 """
 
+import asyncio
+import logging
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from common.broker import ContractPublisher
+from common.broker import BrokerUnavailable, ContractPublisher
 from common.contracts import (
     Channel,
+    DeliveryReported,
     Direction,
     MessageContent,
     MessageReceived,
     MessageStatus,
     SendMessage,
     inbound_message_id,
-    outbound_message_id,
 )
-from gateway.requests import SendRequest, Webhook
+from common.http import Conflict, InvalidRequest, ServiceUnavailable
+from common.idempotency import ClaimState, KeyClaim, KeyClaimRequest, KeyPublished, KeyReleased
+from gateway.idempotency import KeyStore, request_fingerprint
+from gateway.requests import DeliveryReport, SendRequest, Webhook
+
+log = logging.getLogger(__name__)
+
+NoteT = TypeVar("NoteT", KeyPublished, KeyReleased)
+
+# How often a repeat asks whether the request that holds its Idempotency-Key has published yet.
+CLAIM_POLL_SECONDS = 0.05
 
 
 class AcceptedMessage(BaseModel):
@@ -65,20 +80,91 @@ class AcceptedMessage(BaseModel):
         )
 
 
+@dataclass(frozen=True)
+class AcceptedSend:
+    message: AcceptedMessage
+    # The answer is an earlier request's: this one repeated its Idempotency-Key and sent nothing new.
+    replayed: bool
+
+
 class MessageIntake:
-    def __init__(self, publisher: ContractPublisher) -> None:
+    """`idempotency_wait_seconds` bounds how long a send waits for an earlier one with its key."""
+
+    def __init__(self, publisher: ContractPublisher, key_store: KeyStore, *, idempotency_wait_seconds: float) -> None:
         self._publisher = publisher
+        self._key_store = key_store
+        self._idempotency_wait_seconds = idempotency_wait_seconds
 
     async def send(
         self, request: SendRequest, *, idempotency_key: str | None, correlation_id: uuid.UUID
-    ) -> AcceptedMessage:
-        command = SendMessage(
-            message_id=outbound_message_id(idempotency_key, request.model_dump_json()),
-            correlation_id=correlation_id,
-            content=request.to_content(),
+    ) -> AcceptedSend:
+        # A fresh id even with a key: the key store keeps the first command, and every repeat answers
+        # with its id, while a key used again after it expired makes a new message, not a lost one.
+        command = SendMessage(message_id=uuid.uuid4(), correlation_id=correlation_id, content=request.to_content())
+        if idempotency_key is None:
+            await self._publisher.publish(command)
+            return AcceptedSend(_queued(command), replayed=False)
+        claim = await self._claim(
+            KeyClaimRequest(key=idempotency_key, request_fingerprint=request_fingerprint(request), command=command)
         )
-        await self._publisher.publish(command)
-        return AcceptedMessage.of(command.message_id, Direction.OUTBOUND, command.content, MessageStatus.QUEUED)
+        if claim.state is ClaimState.CLAIMED:
+            note = KeyPublished(key=idempotency_key, message_id=claim.command.message_id)
+            try:
+                await self._publisher.publish(claim.command)
+            except BrokerUnavailable:
+                # The client will retry: its retry should take the claim over at once, not wait out a
+                # publish that is not coming.
+                await self._tell_key_store(self._key_store.release, KeyReleased(**note.model_dump()), claim.command)
+                raise
+            await self._tell_key_store(self._key_store.mark_published, note, claim.command)
+        return AcceptedSend(_queued(claim.command), replayed=claim.command.message_id != command.message_id)
+
+    async def _claim(self, request: KeyClaimRequest) -> KeyClaim:
+        """The key's claim, once no earlier request with the key is still publishing.
+
+        Waiting, rather than publishing too, keeps a burst of repeats to one publish; the store hands
+        the claim over once the holder has had long enough, so a gateway that died holding it does
+        not block the key.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._idempotency_wait_seconds
+        while (claim := await self._key_store.claim(request)).state is ClaimState.IN_PROGRESS:
+            if loop.time() >= deadline:
+                raise Conflict(
+                    "a request with this Idempotency-Key is still in progress; retry later",
+                    [{"field": "Idempotency-Key", "reason": "is held by a request still in progress"}],
+                )
+            await asyncio.sleep(CLAIM_POLL_SECONDS)
+        if claim.state is ClaimState.MISMATCH:
+            raise InvalidRequest(
+                "Idempotency-Key was used with a different request",
+                [
+                    {
+                        "field": "Idempotency-Key",
+                        "reason": "was already used with a different request; use a new key for a new message",
+                    }
+                ],
+            )
+        return claim
+
+    async def _tell_key_store(
+        self, tell: Callable[[NoteT], Awaitable[None]], note: NoteT, command: SendMessage
+    ) -> None:
+        """Report how the publish went. The answer to the client does not depend on it: if the store
+        misses a publish, a repeat finds the key unpublished and, once the claim lapses, publishes the
+        same command again, which its message id makes a duplicate downstream, not a second message;
+        if it misses a release, the repeat waits for the claim to lapse."""
+        try:
+            await tell(note)
+        except ServiceUnavailable:
+            log.warning(
+                "could not tell the idempotency key store how a publish went",
+                extra={
+                    "outcome": type(note).__name__,
+                    "message_id": str(command.message_id),
+                    "correlation_id": str(command.correlation_id),
+                },
+            )
 
     async def receive(self, webhook: Webhook, *, correlation_id: uuid.UUID) -> AcceptedMessage:
         provider, provider_message_id = webhook.provider, webhook.provider_message_id
@@ -94,3 +180,27 @@ class MessageIntake:
         return AcceptedMessage.of(
             event.message_id, Direction.INBOUND, event.content, MessageStatus.RECEIVED, provider, provider_message_id
         )
+
+    async def report_deliveries(self, reports: Sequence[DeliveryReport], *, correlation_id: uuid.UUID) -> int:
+        """Publish a receipt for every report with a final outcome, all confirmed before this returns;
+        how many. A provider retries the whole batch if one publish fails: receipts are idempotent."""
+        receipts = [
+            DeliveryReported(
+                message_id=report.message_id,
+                correlation_id=correlation_id,
+                occurred_at=report.occurred_at,
+                channel=report.channel,
+                provider=report.provider,
+                provider_message_id=report.provider_message_id,
+                status=outcome.status,
+                error=outcome.error,
+            )
+            for report in reports
+            if (outcome := report.outcome) is not None
+        ]
+        await asyncio.gather(*(self._publisher.publish(receipt) for receipt in receipts))
+        return len(receipts)
+
+
+def _queued(command: SendMessage) -> AcceptedMessage:
+    return AcceptedMessage.of(command.message_id, Direction.OUTBOUND, command.content, MessageStatus.QUEUED)

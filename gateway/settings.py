@@ -10,6 +10,16 @@ class GatewaySettings(ServiceSettings):
         "http://127.0.0.1:8083", description="Where the read API is served; the gateway proxies reads to it"
     )
     read_timeout_seconds: float = Field(10.0, gt=0)
+    key_store_timeout_seconds: float = Field(
+        5.0, gt=0, description="Longest wait for conversation_service to claim an Idempotency-Key; then 503"
+    )
+    idempotency_wait_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="How long a send waits for an earlier one with its Idempotency-Key to finish before "
+        "answering 409; above conversation_service's IDEMPOTENCY_CLAIM_SECONDS, so that a request whose "
+        "gateway died is taken over instead",
+    )
     max_request_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies get 413")
     default_phone_region: str = Field(
         "US", description="Region assumed for phone numbers written without a + country code"

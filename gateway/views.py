@@ -9,16 +9,20 @@ from aiohttp import web
 from pydantic import TypeAdapter
 
 from common.http import InvalidRequest, request_validation
+from common.idempotency import MAX_IDEMPOTENCY_KEY_LENGTH
 from gateway.handlers import AcceptedMessage, MessageIntake
 from gateway.reads import CONVERSATION_READER
 from gateway.requests import (
+    DeliveryReport,
     EmailWebhook,
     SendEmailRequest,
     SendRequest,
     SendSmsRequest,
+    SmsStatusCallback,
     SmsWebhook,
     ValidationRules,
     Webhook,
+    email_status_events_adapter,
     send_request_adapter,
     webhook_adapter,
 )
@@ -26,8 +30,8 @@ from gateway.requests import (
 MESSAGE_INTAKE = web.AppKey("message_intake", MessageIntake)
 VALIDATION_RULES = web.AppKey("validation_rules", ValidationRules)
 
-MAX_IDEMPOTENCY_KEY_LENGTH = 255
 CORRELATION_HEADER = "X-Correlation-ID"
+REPLAYED_HEADER = "Idempotent-Replayed"
 
 ModelT = TypeVar("ModelT")
 View = Callable[[web.Request], Awaitable[web.Response]]
@@ -71,7 +75,10 @@ def send_view(adapter: TypeAdapter[Any]) -> View:
         accepted = await request.app[MESSAGE_INTAKE].send(
             send_request, idempotency_key=_idempotency_key(request), correlation_id=correlation_id
         )
-        return _accepted(accepted, correlation_id)
+        response = _accepted(accepted.message, correlation_id)
+        if accepted.replayed:
+            response.headers[REPLAYED_HEADER] = "true"
+        return response
 
     return view
 
@@ -84,6 +91,35 @@ def webhook_view(adapter: TypeAdapter[Any]) -> View:
         return _accepted(accepted, correlation_id)
 
     return view
+
+
+_json_object: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
+
+
+async def _form_or_json(request: web.Request) -> dict[str, Any]:
+    """Twilio posts a form; the same fields as a JSON object are taken too."""
+    if request.content_type == "application/json":
+        return await _validated(request, _json_object)
+    return dict(await request.post())
+
+
+async def sms_status_webhook(request: web.Request) -> web.Response:
+    # Our message id is in the query string of the callback URL the channel service gave the provider.
+    fields = {**await _form_or_json(request), **request.query}
+    with request_validation():
+        report = SmsStatusCallback.model_validate(fields)
+    return await _report_deliveries(request, [report])
+
+
+async def email_status_webhook(request: web.Request) -> web.Response:
+    events = await _validated(request, email_status_events_adapter)
+    return await _report_deliveries(request, [event for event in events if event is not None])
+
+
+async def _report_deliveries(request: web.Request, reports: list[DeliveryReport]) -> web.Response:
+    correlation_id = _correlation_id(request)
+    published = await request.app[MESSAGE_INTAKE].report_deliveries(reports, correlation_id=correlation_id)
+    return web.json_response({"published": published}, headers={CORRELATION_HEADER: str(correlation_id)})
 
 
 def relay_read(upstream_path: str) -> View:
@@ -103,6 +139,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/messages/email", send_view(TypeAdapter(SendEmailRequest)))
     app.router.add_post("/api/webhooks/sms", webhook_view(TypeAdapter(SmsWebhook)))
     app.router.add_post("/api/webhooks/email", webhook_view(TypeAdapter(EmailWebhook)))
+    app.router.add_post("/api/webhooks/sms/status", sms_status_webhook)
+    app.router.add_post("/api/webhooks/email/status", email_status_webhook)
     app.router.add_get("/api/conversations", relay_read("/conversations"))
     app.router.add_get(
         "/api/conversations/{conversation_id}/messages", relay_read("/conversations/{conversation_id}/messages")

@@ -1,11 +1,13 @@
 """Every service in-process on the real broker and database: a client's send and a provider's webhook
-travel gateway → RabbitMQ → channel service → mock provider → status event → PostgreSQL → read API."""
+travel gateway → RabbitMQ → channel service → mock provider → status event → PostgreSQL → read API,
+and the mock's delivery receipt comes back through the gateway's status webhook."""
 
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from common.mock_provider import MockBehaviour
 from common.settings import ServiceSettings
 from conversation_service.app import create_app as create_conversation_app
 from conversation_service.settings import ConversationSettings
@@ -31,17 +33,28 @@ async def stack(
     conversation = await aiohttp_server(
         create_conversation_app(ConversationSettings(**broker, database_url=database_url))
     )
-    sms_mock = await aiohttp_server(create_sms_mock())
-    email_mock = await aiohttp_server(create_email_mock())
+    gateway_server = await aiohttp_server(
+        create_gateway_app(GatewaySettings(**broker, conversation_service_url=str(conversation.make_url(""))))
+    )
+    quick_receipts = MockBehaviour(delivery_delay_seconds=0.05)
+    sms_mock = await aiohttp_server(create_sms_mock(quick_receipts))
+    email_mock = await aiohttp_server(
+        create_email_mock(quick_receipts, event_webhook_url=str(gateway_server.make_url("/api/webhooks/email/status")))
+    )
     await aiohttp_server(
-        create_sms_app(SmsSettings(**broker, **fast_retry, sms_provider_url=str(sms_mock.make_url(""))))
+        create_sms_app(
+            SmsSettings(
+                **broker,
+                **fast_retry,
+                sms_provider_url=str(sms_mock.make_url("")),
+                sms_status_callback_url=str(gateway_server.make_url("/api/webhooks/sms/status")),
+            )
+        )
     )
     await aiohttp_server(
         create_email_app(EmailSettings(**broker, **fast_retry, email_provider_url=str(email_mock.make_url(""))))
     )
-    gateway = await aiohttp_client(
-        create_gateway_app(GatewaySettings(**broker, conversation_service_url=str(conversation.make_url(""))))
-    )
+    gateway = await aiohttp_client(gateway_server)
     return {
         "gateway": gateway,
         "sms_mock": await aiohttp_client(sms_mock),
@@ -74,7 +87,7 @@ async def recorded(mock: TestClient) -> list[dict[str, Any]]:
         ),
     ],
 )
-async def test_a_send_ends_sent_in_the_database_and_reaches_the_provider_once(
+async def test_a_send_is_sent_once_then_delivered_with_its_history(
     stack: dict[str, Any], path: str, payload: dict[str, Any], mock: str
 ) -> None:
     gateway: TestClient = stack["gateway"]
@@ -83,15 +96,16 @@ async def test_a_send_ends_sent_in_the_database_and_reaches_the_provider_once(
     assert response.status == 202
     message_id = (await response.json())["id"]
 
-    async def is_sent() -> bool:
-        return await message_status(gateway, message_id) == "sent"
+    async def is_delivered() -> bool:
+        return await message_status(gateway, message_id) == "delivered"
 
-    await eventually(is_sent, f"message {message_id} to be sent")
+    await eventually(is_delivered, f"message {message_id} to be delivered")
     stored = await (await gateway.get(f"/api/messages/{message_id}")).json()
     sends = await recorded(stack[mock])
     assert [send["idempotency_key"] for send in sends] == [message_id]
     assert stored["provider_message_id"] == sends[0]["id"]
     assert stored["attempts"] == 1
+    assert [change["status"] for change in stored["history"]] == ["queued", "sent", "delivered"]
     assert stored["body"] == payload["body"]
     conversations = (await (await gateway.get("/api/conversations")).json())["conversations"]
     assert [(c["id"], c["message_count"]) for c in conversations] == [(1, 1)]
