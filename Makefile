@@ -3,12 +3,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 
 .PHONY: help setup run test test-unit test-integration test-e2e lint tour migrate bench
+.PHONY: dead-letters replay-dead-letters
+.PHONY: test-faults
 
 help:
 	@echo "make run    - set up what is missing, then start the whole stack on :8080 (Ctrl-C stops it)"
 	@echo "make test   - set up what is missing, then ruff and every test: unit, integration, end to end"
+	@echo "make test-faults - kill, stop and cut the real processes, broker and database; count what survives"
 	@echo "make tour   - the curl tour of the API against a running stack (bin/test.sh)"
 	@echo "make bench  - load a running stack and print its throughput and latency (bin/benchmark.py)"
+	@echo "make dead-letters        - list every dead-letter queue's messages and why they died (ARGS='--queue Q --limit N')"
+	@echo "make replay-dead-letters - move dead letters back to their queues (ARGS='--queue Q --limit N --message-id ID')"
 	@echo "make lint   - ruff"
 
 setup:
@@ -30,6 +35,9 @@ test-integration: setup
 test-e2e: setup
 	$(PY) -m pytest tests/e2e
 
+test-faults: setup
+	$(PY) -m pytest tests/faults
+
 migrate: setup
 
 tour:
@@ -37,6 +45,12 @@ tour:
 
 bench:
 	$(PY) bin/benchmark.py
+
+dead-letters:
+	$(PY) -m common.dead_letters list $(ARGS)
+
+replay-dead-letters:
+	$(PY) -m common.dead_letters replay $(ARGS)
 
 lint: setup
 	$(PY) -m ruff check .

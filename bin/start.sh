@@ -15,6 +15,12 @@ VENV=${VENV:-.venv}
 PY="$VENV/bin/python"
 # .env is not sourced here: every process reads it itself, below whatever the environment sets.
 
+# The mocks post delivery receipts to the gateway; when the environment moves the gateway, follow it.
+if [ -n "${GATEWAY_PORT:-}" ]; then
+    export SMS_STATUS_CALLBACK_URL=${SMS_STATUS_CALLBACK_URL-http://127.0.0.1:$GATEWAY_PORT/api/webhooks/sms/status}
+    export EMAIL_MOCK_EVENT_WEBHOOK_URL=${EMAIL_MOCK_EVENT_WEBHOOK_URL-http://127.0.0.1:$GATEWAY_PORT/api/webhooks/email/status}
+fi
+
 pids=()
 run_service() {
     local name=$1

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A curl tour of the API against a running stack (bin/start.sh): three sends, three webhooks, then
-# the conversations they made. Exits non-zero if any call does not answer 2xx.
+# the conversations they made, and one send's status history. Exits non-zero if any call does not
+# answer 2xx.
 set -euo pipefail
 
 BASE_URL=${BASE_URL:-http://127.0.0.1:${GATEWAY_PORT:-8080}}
@@ -55,13 +56,14 @@ call "Receive an email (provider webhook)" POST /api/webhooks/email '{
   "body": "<html><body>This is an incoming email with <b>HTML</b> content</body></html>",
   "attachments": ["https://example.com/received-document.pdf"], "timestamp": "2024-11-01T14:05:00Z"}'
 
-# A message is accepted before it is stored, and a send before the provider answered: wait (10 s at
-# most) until every message of the tour is stored and no send is still queued.
-for _ in $(seq 1 50); do
+# A message is accepted before it is stored, a send before the provider answered, and the provider's
+# delivery receipt comes a moment later: wait (15 s at most) until every message of the tour is
+# stored and every send has its outcome.
+for _ in $(seq 1 75); do
     settled=0
     for id in "${ids[@]}"; do
         status=$(curl -sS "$BASE_URL/api/messages/$id" | json_field status 2>/dev/null || echo missing)
-        case $status in missing | queued) ;; *) settled=$((settled + 1)) ;; esac
+        case $status in missing | queued | sent) ;; *) settled=$((settled + 1)) ;; esac
     done
     [ "$settled" -eq "${#ids[@]}" ] && break
     sleep 0.2
@@ -74,3 +76,4 @@ email_conversation=$(curl -sS "$BASE_URL/api/messages/${ids[2]}" | json_field co
 call "List conversations" GET /api/conversations
 call "Messages of the phone conversation" GET "/api/conversations/$phone_conversation/messages"
 call "Messages of the email conversation" GET "/api/conversations/$email_conversation/messages"
+call "The SMS send and its status history" GET "/api/messages/${ids[0]}"

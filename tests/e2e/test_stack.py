@@ -15,6 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.factories import free_ports
+
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,17 +29,6 @@ PORT_NAMES = (
     "SMS_PROVIDER_PORT",
     "EMAIL_PROVIDER_PORT",
 )
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def port_is_open(port: int) -> bool:
@@ -111,7 +102,7 @@ async def get_json(session: aiohttp.ClientSession, url: str) -> Any:
 
 
 async def settled_conversations(session: aiohttp.ClientSession, base_url: str) -> list[dict[str, Any]]:
-    """Conversations once every message is stored and no send is still queued."""
+    """Conversations once every message is stored and every send has its delivery receipt."""
     deadline = asyncio.get_running_loop().time() + 30
     while True:
         conversations = (await get_json(session, f"{base_url}/api/conversations"))["conversations"]
@@ -122,7 +113,7 @@ async def settled_conversations(session: aiohttp.ClientSession, base_url: str) -
                 "messages"
             ]
         ]
-        if len(statuses) == 6 and "queued" not in statuses:
+        if len(statuses) == 6 and not {"queued", "sent"} & set(statuses):
             return conversations
         if asyncio.get_running_loop().time() > deadline:
             pytest.fail(f"pipeline did not settle: {conversations}")
@@ -159,8 +150,8 @@ async def test_the_tour_builds_two_conversations_a_client_can_read(stack: Stack)
 
         phone_messages = (await get_json(session, f"{stack.base_url}/api/conversations/1/messages"))["messages"]
         assert [(m["direction"], m["type"], m["status"]) for m in phone_messages] == [
-            ("outbound", "sms", "sent"),
-            ("outbound", "mms", "sent"),
+            ("outbound", "sms", "delivered"),
+            ("outbound", "mms", "delivered"),
             ("inbound", "sms", "received"),
             ("inbound", "mms", "received"),
         ]
@@ -168,13 +159,15 @@ async def test_the_tour_builds_two_conversations_a_client_can_read(stack: Stack)
         assert phone_messages[1]["attachments"] == ["https://example.com/image.jpg"]
         assert phone_messages[3]["attachments"] == ["https://example.com/received-image.jpg"]
         assert phone_messages[0]["provider_message_id"]
+        first_send = await get_json(session, f"{stack.base_url}/api/messages/{phone_messages[0]['id']}")
+        assert [change["status"] for change in first_send["history"]] == ["queued", "sent", "delivered"]
         assert phone_messages[2]["provider_message_id"] == "message-1"
 
         email_messages = (await get_json(session, f"{stack.base_url}/api/conversations/{email['id']}/messages"))[
             "messages"
         ]
         assert [(m["direction"], m["status"]) for m in email_messages] == [
-            ("outbound", "sent"),
+            ("outbound", "delivered"),
             ("inbound", "received"),
         ]
         assert email_messages[1]["body"] == (

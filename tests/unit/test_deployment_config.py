@@ -13,20 +13,21 @@ from pydantic_settings import BaseSettings
 
 from common.settings import DatabaseSettings
 from conversation_service.settings import ConversationSettings
-from email_service.settings import EmailMockProviderSettings, EmailSettings
+from email_service.settings import EmailMockBehaviourSettings, EmailMockProviderSettings, EmailSettings
 from gateway.settings import GatewaySettings
-from sms_service.settings import SmsMockProviderSettings, SmsSettings
+from sms_service.settings import SmsMockBehaviourSettings, SmsMockProviderSettings, SmsSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
-SETTINGS_OF_MODULE: dict[str, type[BaseSettings]] = {
-    "gateway": GatewaySettings,
-    "sms_service": SmsSettings,
-    "email_service": EmailSettings,
-    "conversation_service": ConversationSettings,
-    "conversation_service.migrate": DatabaseSettings,
-    "sms_service.mock_provider": SmsMockProviderSettings,
-    "email_service.mock_provider": EmailMockProviderSettings,
+# What each process reads from the environment; a mock reads its behaviour under a prefix of its own.
+SETTINGS_OF_MODULE: dict[str, tuple[type[BaseSettings], ...]] = {
+    "gateway": (GatewaySettings,),
+    "sms_service": (SmsSettings,),
+    "email_service": (EmailSettings,),
+    "conversation_service": (ConversationSettings,),
+    "conversation_service.migrate": (DatabaseSettings,),
+    "sms_service.mock_provider": (SmsMockProviderSettings, SmsMockBehaviourSettings),
+    "email_service.mock_provider": (EmailMockProviderSettings, EmailMockBehaviourSettings),
 }
 PORT_SETTING = {
     "gateway": "gateway_port",
@@ -58,8 +59,14 @@ def start_script_services() -> dict[str, str]:
     return dict(lines)
 
 
-def field_names(settings: type[BaseSettings]) -> set[str]:
-    return {name.upper() for name in settings.model_fields}
+def env_defaults(settings: type[BaseSettings]) -> dict[str, Any]:
+    """Each setting's environment name, its `env_prefix` included, and its default."""
+    prefix = settings.model_config.get("env_prefix", "")
+    return {f"{prefix}{name}".upper(): field.default for name, field in settings.model_fields.items()}
+
+
+def env_names(module: str) -> set[str]:
+    return {name for settings in SETTINGS_OF_MODULE[module] for name in env_defaults(settings)}
 
 
 def test_compose_runs_the_processes_start_sh_runs(compose: dict[str, Any]) -> None:
@@ -75,9 +82,9 @@ def test_compose_runs_the_processes_start_sh_runs(compose: dict[str, Any]) -> No
 
 def test_every_compose_environment_name_is_a_setting_of_its_process(compose: dict[str, Any]) -> None:
     for name, service in python_services(compose).items():
-        settings = SETTINGS_OF_MODULE[module_of(service["command"])]
-        unknown = set(service.get("environment", {})) - field_names(settings)
-        assert not unknown, f"{name} sets {unknown}, which {settings.__name__} does not read"
+        module = module_of(service["command"])
+        unknown = set(service.get("environment", {})) - env_names(module)
+        assert not unknown, f"{name} sets {unknown}, which {module} does not read"
 
 
 def test_compose_ports_are_the_ones_each_process_listens_on(compose: dict[str, Any]) -> None:
@@ -87,15 +94,16 @@ def test_compose_ports_are_the_ones_each_process_listens_on(compose: dict[str, A
             continue
         setting = PORT_SETTING[module]
         port = service["environment"][setting.upper()]
-        default = SETTINGS_OF_MODULE[module].model_fields[setting].default
+        default = SETTINGS_OF_MODULE[module][0].model_fields[setting].default
         assert int(port) == default, f"{name} listens on {port}, the code's default is {default}"
         assert service["ports"] == [f"{port}:{port}"]
 
 
 def test_env_example_lists_only_real_settings_with_their_defaults() -> None:
     known: dict[str, Any] = {}
-    for settings in SETTINGS_OF_MODULE.values():
-        known |= {name.upper(): field.default for name, field in settings.model_fields.items()}
+    for settings_of_process in SETTINGS_OF_MODULE.values():
+        for settings in settings_of_process:
+            known |= env_defaults(settings)
     entries = dict(
         line.split("=", 1)
         for line in (ROOT / ".env.example").read_text().splitlines()
