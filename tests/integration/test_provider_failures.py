@@ -29,11 +29,20 @@ pytestmark = pytest.mark.integration
 
 SEED = 3
 SENDS = 200
-DEADLINE_SECONDS = 25.0
+DEADLINE_SECONDS = 60.0
 FLAKY = MockBehaviour(failure_rate=0.3, rate_limit_per_second=60, retry_after_seconds=0.1, delivery_delay_seconds=0)
-# Enough attempts that a message unlucky with 500s and 429s still gets through; few consumers in
-# flight, so the rate limit sends some back without starving any.
-PATIENT_RETRY = {"provider_max_attempts": 30, "provider_deadline_seconds": 20, "consumer_prefetch": 10}
+# The test is about "sent exactly once", not about how long the unluckiest message waits, so neither
+# bound may end its retries. An attempt fails about two times in three here (500s plus 429s), so 60
+# attempts leave one message in 10^9 failed; short backoffs keep 60 of them well inside the deadline.
+# With the default 10 s backoff cap, one message in 200 ran out of a 20 s deadline in CI.
+# Few consumers in flight, so the rate limit sends some back without starving any.
+PATIENT_RETRY = {
+    "provider_max_attempts": 60,
+    "provider_backoff_initial_seconds": 0.05,
+    "provider_backoff_max_seconds": 0.5,
+    "provider_deadline_seconds": DEADLINE_SECONDS - 10,
+    "consumer_prefetch": 10,
+}
 GIVE_UP_AFTER = 3
 
 
