@@ -3,6 +3,7 @@ a catcher of the delivery receipts mock providers post, and free ports for servi
 
 import asyncio
 import dataclasses
+import random
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
@@ -189,12 +190,21 @@ class ReceiptCatcher:
         return web.Response(status=200)
 
 
+# Below the kernel's ephemeral range (32768 and up by default), which bind-to-0 listeners and outgoing
+# connections draw from: a port found free here stays free for the seconds until a service binds it,
+# and again when a killed service is restarted on it.
+UNCLAIMED_PORTS = range(20000, 32000)
+
+
 def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    found: list[int] = []
+    for port in random.sample(UNCLAIMED_PORTS, len(UNCLAIMED_PORTS)):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        found.append(port)
+        if len(found) == count:
+            return found
+    raise RuntimeError(f"fewer than {count} free ports in {UNCLAIMED_PORTS}")

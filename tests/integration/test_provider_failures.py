@@ -123,8 +123,8 @@ async def test_every_send_through_a_flaky_rate_limited_provider_ends_sent_once(f
     ]
     reported = [watcher.expect(command.message_id) for command in commands]
 
-    for command in commands:
-        await flaky.app[BROKER].publisher.publish(command)
+    # All at once, so the mock's rate limit is certain to answer some of them 429.
+    await asyncio.gather(*(flaky.app[BROKER].publisher.publish(command) for command in commands))
     events = await asyncio.wait_for(asyncio.gather(*reported), DEADLINE_SECONDS)
 
     assert Counter(event.status for event in events) == {MessageStatus.SENT: SENDS}

@@ -2,6 +2,7 @@
 travel gateway → RabbitMQ → channel service → mock provider → status event → PostgreSQL → read API,
 and the mock's delivery receipt comes back through the gateway's status webhook."""
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -122,7 +123,8 @@ async def test_a_reply_by_webhook_joins_the_senders_conversation(stack: dict[str
         "type": "sms",
         "messaging_provider_id": "reply-1",
         "body": "hello back",
-        "timestamp": "2030-01-01T00:00:00Z",
+        # After the send, whatever today is, so the conversation's order is the one asserted.
+        "timestamp": (datetime.now(UTC) + timedelta(days=1)).isoformat(),
     }
     first = await gateway.post("/api/webhooks/sms", json=webhook)
     retried = await gateway.post("/api/webhooks/sms", json=webhook)
