@@ -20,8 +20,11 @@ from common.broker import Topology
 from tests.factories import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
-READY_TIMEOUT_SECONDS = 30.0
+# Up to six services start cold at once on a busy 2-core CI machine; a healthy start waits none of it.
+READY_TIMEOUT_SECONDS = 90.0
 STOP_TIMEOUT_SECONDS = 30.0
+# A receipt is posted a second after its send and, if refused, again 1, 2 and 4 s later.
+DRAIN_TIMEOUT_SECONDS = 30.0
 LOG_TAIL_CHARS = 8000
 
 
@@ -213,6 +216,18 @@ class Harness:
                     queue = await channel.declare_queue(name, passive=True)
                     depths[name] = queue.declaration_result.message_count or 0
         return depths
+
+    async def drained(self, within: float = DRAIN_TIMEOUT_SECONDS) -> None:
+        """Wait until every queue and dead-letter queue of the namespace is empty: the stored count can
+        be complete while the mocks' delivery receipts are still arriving and being queued."""
+
+        async def empty() -> bool:
+            return set((await self.queue_depths()).values()) == {0}
+
+        try:
+            await eventually(empty, "every queue empty", timeout=within, interval=0.25)
+        except AssertionError:
+            raise AssertionError(f"queues not empty after {within:g}s: {await self.queue_depths()}") from None
 
     async def provider_records(self, name: str) -> list[dict[str, Any]]:
         async with self.session.get(f"{self[name].url}/messages") as response:

@@ -27,9 +27,10 @@ async def test_conversation_service_killed_mid_stream_stores_every_webhook_once(
     conversation_service = harness["conversation_service"]
     load = Load(harness.session, harness.gateway_url, sms_webhooks(2000), concurrency=32).start()
 
-    # Kill it once it is busy storing: some of the stream stored, some in its hands, most to come.
+    # Kill it once it is busy storing: some of the stream stored, some in its hands, most to come. Early,
+    # as the gateway only publishes and can run far ahead of a database slowed by a busy machine.
     stored_before_kill = await eventually(
-        lambda: _at_least(harness, 300), "conversation_service storing the stream", timeout=60
+        lambda: _at_least(harness, 50), "conversation_service storing the stream", timeout=60
     )
     await conversation_service.kill()
     accepted_at_kill = load.count()
@@ -47,8 +48,7 @@ async def test_conversation_service_killed_mid_stream_stores_every_webhook_once(
     assert_exactly_once(report, keys, set())
     assert sum(report.rows_by_provider_id.values()) == 2000
     assert report.counted == 2000
-    depths = await harness.queue_depths()
-    assert set(depths.values()) == {0}, depths
+    await harness.drained()
     replays = conversation_service.log_count("message event changed nothing")
     print(
         f"\nwebhooks accepted 2000; stored {stored_before_kill} when killed, with {accepted_at_kill} accepted; "

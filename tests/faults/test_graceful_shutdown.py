@@ -25,8 +25,9 @@ from tests.faults.proxy import PauseMode
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 GRACE_SECONDS = 3.0
-# Start-up of the shutdown, the broker and database goodbyes: what a clean exit may take beyond the grace.
-EXIT_MARGIN_SECONDS = 4.0
+# Start-up of the shutdown, the broker and database goodbyes: what a clean exit may take beyond the
+# grace, with room for a scheduler starved by the rest of the stack on 2 cores.
+EXIT_MARGIN_SECONDS = 8.0
 
 
 async def test_sigterm_finishes_or_returns_in_flight_work(harness: Harness, proxy_to: ProxyFactory) -> None:
@@ -120,8 +121,7 @@ async def test_sigterm_finishes_or_returns_in_flight_work(harness: Harness, prox
     report = await settled(harness, keys | more_keys, ids)
     assert_exactly_once(report, keys | more_keys, ids)
     assert sum(report.rows_by_provider_id.values()) == 1600
-    depths = await harness.queue_depths()
-    assert set(depths.values()) == {0}, depths
+    await harness.drained()
     figures.append(
         f"gateway: exit {code} in {took:.2f}s with {accepted_at_stop} of 800 accepted and "
         f"{len(answers) - accepted_at_stop} unanswered; {len(retries)} retried (50 of them repeats): "
