@@ -1,4 +1,5 @@
-"""Fixtures for the integration and end-to-end tiers: a database and a broker namespace of the tests' own.
+"""Fixtures for the integration and end-to-end tiers: a database and a broker namespace of the tests' own,
+and TCP proxies a test can cut.
 
 Tests never touch a developer's data: they use a database of their own, created fresh for each run
 and dropped after it (named by TEST_DATABASE_URL, or by default one per test run, so two runs at
@@ -18,6 +19,7 @@ from yarl import URL
 
 from common.broker import Topology
 from common.settings import DatabaseSettings, ServiceSettings
+from tests.proxy import ProxyFactory, TcpProxy
 
 # Where the services are comes from the same settings the stack reads (environment, then .env);
 # only the database name is the tests' own.
@@ -88,3 +90,20 @@ async def broker_namespace(amqp_url: str) -> AsyncIterator[str]:
                 await channel.queue_delete(name)
         for name in (topology.exchange, topology.dead_letter_exchange):
             await channel.exchange_delete(name)
+
+
+@pytest.fixture
+async def proxy_to() -> AsyncIterator[ProxyFactory]:
+    """`await proxy_to(url)`: a proxy to that URL's host and port, and the URL rewritten through it."""
+    proxies: list[TcpProxy] = []
+
+    async def make(url: str) -> tuple[TcpProxy, str]:
+        target = URL(url)
+        assert target.host is not None and target.port is not None
+        proxy = await TcpProxy(target.host, target.port).start()
+        proxies.append(proxy)
+        return proxy, str(target.with_host("127.0.0.1").with_port(proxy.port))
+
+    yield make
+    for proxy in proxies:
+        await proxy.stop()

@@ -1,18 +1,15 @@
 """Fixtures of the fault tests: a stack of real processes on free ports against the test database
-and a broker namespace of the test's own, and TCP proxies the test can cut."""
+and a broker namespace of the test's own."""
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
-from yarl import URL
 
 from tests.factories import free_ports
 from tests.faults.harness import KINDS, Harness, base_environment
-from tests.faults.proxy import TcpProxy
-
-ProxyFactory = Callable[[str], Awaitable[tuple[TcpProxy, str]]]
+from tests.proxy import ProxyFactory
 
 
 @pytest.hookimpl(wrapper=True)
@@ -27,7 +24,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 @pytest.fixture
 async def harness(
-    database_url: str, amqp_url: str, broker_namespace: str, tmp_path: Path, proxy_to: "ProxyFactory"
+    database_url: str, amqp_url: str, broker_namespace: str, tmp_path: Path, proxy_to: ProxyFactory
 ) -> AsyncIterator[Harness]:
     # Depends on `proxy_to` only so that the proxies outlive the processes that connect through them.
     ports = dict(zip(KINDS, free_ports(len(KINDS)), strict=True))
@@ -45,20 +42,3 @@ async def harness(
             yield harness
         finally:
             await harness.stop_all()
-
-
-@pytest.fixture
-async def proxy_to() -> AsyncIterator[ProxyFactory]:
-    """`await proxy_to(url)`: a proxy to that URL's host and port, and the URL rewritten through it."""
-    proxies: list[TcpProxy] = []
-
-    async def make(url: str) -> tuple[TcpProxy, str]:
-        target = URL(url)
-        assert target.host is not None and target.port is not None
-        proxy = await TcpProxy(target.host, target.port).start()
-        proxies.append(proxy)
-        return proxy, str(target.with_host("127.0.0.1").with_port(proxy.port))
-
-    yield make
-    for proxy in proxies:
-        await proxy.stop()

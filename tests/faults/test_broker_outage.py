@@ -8,7 +8,6 @@ from collections.abc import Awaitable
 import pytest
 
 from tests.factories import eventually
-from tests.faults.conftest import ProxyFactory
 from tests.faults.harness import Harness
 from tests.faults.load import (
     Load,
@@ -21,7 +20,7 @@ from tests.faults.load import (
     sms_sends,
     sms_webhooks,
 )
-from tests.faults.proxy import PauseMode
+from tests.proxy import PauseMode, ProxyFactory
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

@@ -8,9 +8,9 @@ import pytest
 
 from common.broker import Topology
 from tests.factories import eventually
-from tests.faults.conftest import ProxyFactory
 from tests.faults.harness import Harness
 from tests.faults.load import accepted_webhook_keys, assert_exactly_once, post_all, settled, sms_webhooks
+from tests.proxy import ProxyFactory
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

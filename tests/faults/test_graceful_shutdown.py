@@ -5,7 +5,6 @@ nothing is lost and nothing is done twice."""
 import pytest
 
 from tests.factories import eventually
-from tests.faults.conftest import ProxyFactory
 from tests.faults.harness import Harness
 from tests.faults.load import (
     Load,
@@ -20,7 +19,7 @@ from tests.faults.load import (
     sms_sends,
     sms_webhooks,
 )
-from tests.faults.proxy import PauseMode
+from tests.proxy import PauseMode, ProxyFactory
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

@@ -113,6 +113,10 @@ async def test_messages_behind_one_in_backoff_are_sent_and_acked_meanwhile(
         await eventually(others_sent, "the messages behind it sent")
         assert sender.sent == [command.message_id for command in others]
         assert sender.in_backoff == {slow.message_id}
+        # A send is acked only after its status is confirmed, which can outlast the 0.2 s grace: with every
+        # status queued, the held send is the only one the shutdown cancels. The events queue binds
+        # outbound.* too, so it also holds the six commands.
+        await until_ready(inspector, topology.conversation_events.name, 1 + 2 * len(others))
     finally:
         await runner.cleanup()
 
@@ -147,6 +151,9 @@ async def test_a_consumer_works_on_up_to_its_prefetch_of_messages_at_once(
             return len(sender.sent) == len(commands)
 
         await eventually(all_sent, "every message sent once the backoffs end")
+        # Sent is not yet acked: a status still unconfirmed when the 0.2 s grace ends would have its send
+        # cancelled and its command put back. The events queue also holds the four commands.
+        await until_ready(inspector, topology.conversation_events.name, 2 * len(commands))
     finally:
         await runner.cleanup()
 
@@ -182,6 +189,9 @@ async def test_a_shutdown_during_a_backoff_leaves_the_message_for_the_next_consu
             return next_sender.sent == [command.message_id]
 
         await eventually(sent, "the message sent by the next consumer")
+        # With its status queued, the 0.2 s grace cannot cancel this send too; the command itself was
+        # drained from the events queue above.
+        await until_ready(inspector, topology.conversation_events.name, 1)
     finally:
         await runner.cleanup()
 

@@ -1,9 +1,8 @@
 """The whole conversation service on the real RabbitMQ and PostgreSQL: events in over the bus, JSON out."""
 
-import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -12,13 +11,13 @@ import psycopg2
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from psycopg2.extensions import make_dsn, parse_dsn
 
 from common.broker import BROKER, Topology
 from common.contracts import Channel, MessageStatus
 from conversation_service.app import create_app
 from conversation_service.settings import ConversationSettings
 from tests.factories import START, delivery_reported, eventually, message_received, send_message, status_changed
+from tests.proxy import PauseMode, ProxyFactory
 
 pytestmark = pytest.mark.integration
 
@@ -220,65 +219,18 @@ async def _logged(caplog: pytest.LogCaptureFixture, event: str, message_id: uuid
     )
 
 
-class DatabaseLink:
-    """A TCP relay to PostgreSQL that a test can cut and restore: a database outage as the service sees it."""
-
-    def __init__(self, database_url: str) -> None:
-        self._dsn = parse_dsn(database_url)
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self.port = 0
-
-    @property
-    def database_url(self) -> str:
-        return make_dsn(**{**self._dsn, "host": "127.0.0.1", "port": str(self.port)})
-
-    async def restore(self) -> None:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def cut(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in self._writers:
-            writer.close()
-
-    async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        server_reader, server_writer = await asyncio.open_connection(self._dsn["host"], int(self._dsn["port"]))
-        self._writers |= {client_writer, server_writer}
-        await asyncio.gather(
-            self._pipe(client_reader, server_writer), self._pipe(server_reader, client_writer), return_exceptions=True
-        )
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        finally:
-            writer.close()
-            self._writers.discard(writer)
-
-
-@pytest.fixture
-async def link(database_url: str) -> AsyncIterator[DatabaseLink]:
-    link = DatabaseLink(database_url)
-    await link.restore()
-    yield link
-    await link.cut()
-
-
 async def test_events_wait_out_a_database_outage_unacked_and_are_stored_once_it_is_back(
     aiohttp_client: Callable[[web.Application], Awaitable[TestClient]],
-    link: DatabaseLink,
+    proxy_to: ProxyFactory,
     database_url: str,
     amqp_url: str,
     broker_namespace: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="conversation_service.repository")
+    proxy, proxied_database_url = await proxy_to(database_url)
     settings = ConversationSettings(
-        database_url=link.database_url,
+        database_url=proxied_database_url,
         amqp_url=amqp_url,
         broker_namespace=broker_namespace,
         # Two deliveries and a message is dead-lettered: giving up on the database even twice would show.
@@ -290,12 +242,12 @@ async def test_events_wait_out_a_database_outage_unacked_and_are_stored_once_it_
     publisher = client.app[BROKER].publisher
     events = [message_received(provider_message_id=f"during-outage-{i}") for i in range(3)]
 
-    await link.cut()
+    proxy.pause(PauseMode.REFUSE)
     for event in events:
         await publisher.publish(event)
     await eventually(lambda: _retried(caplog, 32), "the writes to keep retrying well past a few tries")
     assert (await client.get("/readyz")).status == 503
-    await link.restore()
+    proxy.resume()
 
     for event in events:
         await eventually(lambda event=event: _stored(database_url, event.message_id), "every event is stored")

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import socket
 import struct
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
 
 log = logging.getLogger(__name__)
@@ -139,3 +140,7 @@ def _reset(writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
+
+
+# `await proxy_to(url)`, the fixture: a proxy to that URL's host and port, and the URL rewritten through it.
+ProxyFactory = Callable[[str], Awaitable[tuple["TcpProxy", str]]]
