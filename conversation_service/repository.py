@@ -12,6 +12,7 @@ each miss the other. Each write works on a connection it is given, so a batch of
 later share one transaction (taking its messages' locks in a fixed order).
 """
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -30,7 +31,6 @@ from sqlalchemy.dialects.postgresql import aggregate_order_by
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    retry_if_exception_type,
     stop_after_delay,
     stop_never,
     wait_random_exponential,
@@ -255,12 +255,25 @@ def _retrying(stop: StopBaseT, max_interval: float) -> AsyncRetrying:
     Its pauses are asyncio sleeps: cancelling the caller (a consumer stopping) ends it at once.
     """
     return AsyncRetrying(
-        retry=retry_if_exception_type(CONNECTION_ERRORS),
+        retry=_lost_connection_and_not_cancelled,
         wait=wait_random_exponential(multiplier=0.05, max=max_interval),
         stop=stop,
         before_sleep=_log_retry,
         reraise=True,
     )
+
+
+def _lost_connection_and_not_cancelled(state: RetryCallState) -> bool:
+    error = state.outcome.exception() if state.outcome is not None else None
+    if not isinstance(error, CONNECTION_ERRORS):
+        return False
+    # aiopg connects through asyncio.wait_for, which on Python 3.11 drops a cancel that lands as the
+    # connection fails (CPython gh-86296) and raises the failure instead. Retried, a write would then
+    # outlive its consumer's shutdown for as long as the database stayed away: the cancel still
+    # pending on the task is honoured here.
+    if (task := asyncio.current_task()) is not None and task.cancelling():
+        raise asyncio.CancelledError from error
+    return True
 
 
 def _log_retry(state: RetryCallState) -> None:

@@ -1,6 +1,7 @@
 """The repository against a fake engine whose database is away: writes wait it out, reads give up."""
 
 import asyncio
+import contextlib
 import logging
 from types import TracebackType
 from typing import Any
@@ -70,6 +71,31 @@ async def test_a_write_keeps_retrying_for_as_long_as_the_database_stays_away() -
     done, _ = await asyncio.wait({write}, timeout=1.0)
     assert done == {write}
     assert write.cancelled()
+
+
+class CancelDroppingEngine(OutageEngine):
+    """Its first refusal comes with the caller's cancel dropped, as Python 3.11's asyncio.wait_for
+    (which aiopg connects with) drops a cancel that lands as its inner future fails (CPython gh-86296)."""
+
+    async def __aenter__(self) -> AnsweringConnection:
+        if self.attempts == 0:
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0)
+        return await super().__aenter__()
+
+
+async def test_a_cancel_dropped_inside_the_driver_still_ends_the_write() -> None:
+    engine = CancelDroppingEngine()
+    write = asyncio.create_task(repository_on(engine).store_outbound(send_message()))
+
+    done, _ = await asyncio.wait({write}, timeout=1.0)
+
+    assert done == {write}
+    assert write.cancelled()
+    assert engine.attempts == 1
 
 
 async def test_a_write_completes_once_the_database_is_back() -> None:
