@@ -29,7 +29,7 @@ from common.idempotency import (
     KeyPublished,
     KeyReleased,
 )
-from conversation_service.repository import CONNECTION_ERRORS
+from conversation_service.repository import CONNECTION_ERRORS, cancel_dropped_by_driver
 from conversation_service.schema import idempotency_keys
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def key_purge_ctx(interval_seconds: float) -> Callable[[web.Application], AsyncI
     key store on the app. Every replica may run it: a DELETE of expired rows is safe to repeat."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(_purge_every(app[KEY_STORE], interval_seconds))
+        task = asyncio.create_task(purge_expired_keys_every(app[KEY_STORE], interval_seconds))
         yield
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -154,11 +154,13 @@ def key_purge_ctx(interval_seconds: float) -> Callable[[web.Application], AsyncI
     return ctx
 
 
-async def _purge_every(store: IdempotencyKeyStore, interval_seconds: float) -> None:
+async def purge_expired_keys_every(store: IdempotencyKeyStore, interval_seconds: float) -> None:
     while True:
         try:
             purged = await store.purge_expired()
         except Exception:
+            if cancel_dropped_by_driver():
+                raise asyncio.CancelledError from None
             # Housekeeping: a failed round (the database away, most likely) must not end the next ones.
             log.exception("could not purge expired idempotency keys")
         else:

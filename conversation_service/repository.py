@@ -65,6 +65,17 @@ ResultT = TypeVar("ResultT")
 # A dropped connection, a restarting server, a deadlock or a serialization failure: worth another try.
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 
+def cancel_dropped_by_driver() -> bool:
+    """Whether the running task was cancelled yet carries on with a database error.
+
+    aiopg connects through asyncio.wait_for, which on Python 3.11 drops a cancel that lands as the
+    connection fails (CPython gh-86296, fixed in 3.12) and raises the failure instead. Code that
+    catches that failure and goes on must honour the cancel, or a shutdown waits out the outage.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 # Never part of an address written by the gateway, so joining with it cannot make two different
 # sets of participants look alike.
 PARTICIPANT_SEPARATOR = "\n"
@@ -267,11 +278,8 @@ def _lost_connection_and_not_cancelled(state: RetryCallState) -> bool:
     error = state.outcome.exception() if state.outcome is not None else None
     if not isinstance(error, CONNECTION_ERRORS):
         return False
-    # aiopg connects through asyncio.wait_for, which on Python 3.11 drops a cancel that lands as the
-    # connection fails (CPython gh-86296) and raises the failure instead. Retried, a write would then
-    # outlive its consumer's shutdown for as long as the database stayed away: the cancel still
-    # pending on the task is honoured here.
-    if (task := asyncio.current_task()) is not None and task.cancelling():
+    # Retried, a write would outlive its consumer's shutdown for as long as the database stayed away.
+    if cancel_dropped_by_driver():
         raise asyncio.CancelledError from error
     return True
 

@@ -1,4 +1,5 @@
-"""The repository against a fake engine whose database is away: writes wait it out, reads give up."""
+"""The repository against a fake engine whose database is away: writes wait it out, reads give up,
+and a shutdown still ends them."""
 
 import asyncio
 import contextlib
@@ -11,6 +12,7 @@ import pytest
 
 from common.http import ServiceUnavailable
 from conversation_service.handlers import WriteOutcome
+from conversation_service.idempotency import purge_expired_keys_every
 from conversation_service.repository import MessageRepository
 from tests.factories import eventually, send_message
 
@@ -73,18 +75,29 @@ async def test_a_write_keeps_retrying_for_as_long_as_the_database_stays_away() -
     assert write.cancelled()
 
 
+async def cancel_and_drop_it() -> None:
+    """Cancel the running task and swallow the cancel, as Python 3.11's asyncio.wait_for (which aiopg
+    connects with) does when the cancel lands as its inner future fails (CPython gh-86296)."""
+    task = asyncio.current_task()
+    assert task is not None
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.sleep(0)
+
+
 class CancelDroppingEngine(OutageEngine):
-    """Its first refusal comes with the caller's cancel dropped, as Python 3.11's asyncio.wait_for
-    (which aiopg connects with) drops a cancel that lands as its inner future fails (CPython gh-86296)."""
+    """Its first refusal comes with the caller's cancel dropped."""
 
     async def __aenter__(self) -> AnsweringConnection:
         if self.attempts == 0:
-            task = asyncio.current_task()
-            assert task is not None
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.sleep(0)
+            await cancel_and_drop_it()
         return await super().__aenter__()
+
+
+class CancelDroppingKeyStore:
+    async def purge_expired(self) -> int:
+        await cancel_and_drop_it()
+        raise psycopg2.OperationalError("could not connect to server: Connection refused")
 
 
 async def test_a_cancel_dropped_inside_the_driver_still_ends_the_write() -> None:
@@ -96,6 +109,15 @@ async def test_a_cancel_dropped_inside_the_driver_still_ends_the_write() -> None
     assert done == {write}
     assert write.cancelled()
     assert engine.attempts == 1
+
+
+async def test_a_key_purge_cancelled_as_the_database_fails_ends_instead_of_sleeping_an_hour() -> None:
+    purging = asyncio.create_task(purge_expired_keys_every(CancelDroppingKeyStore(), interval_seconds=3600))  # type: ignore[arg-type]
+
+    done, _ = await asyncio.wait({purging}, timeout=1.0)
+
+    assert done == {purging}
+    assert purging.cancelled()
 
 
 async def test_a_write_completes_once_the_database_is_back() -> None:
