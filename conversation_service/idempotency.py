@@ -158,9 +158,9 @@ async def purge_expired_keys_every(store: IdempotencyKeyStore, interval_seconds:
     while True:
         try:
             purged = await store.purge_expired()
-        except Exception:
+        except Exception as error:
             if cancel_dropped_by_driver():
-                raise asyncio.CancelledError from None
+                raise asyncio.CancelledError from error
             # Housekeeping: a failed round (the database away, most likely) must not end the next ones.
             log.exception("could not purge expired idempotency keys")
         else:
