@@ -22,6 +22,7 @@ from aio_pika.abc import (
 from aiohttp import web
 from pydantic import ValidationError
 
+from common import context as request_context
 from common.contracts import Contract
 from common.health import READINESS_CHECKS
 from common.settings import ServiceSettings
@@ -249,6 +250,8 @@ class Consumer(Generic[ContractT]):
             )
             await message.reject(requeue=False)
             return
+        # Each delivery runs in a task of its own: this is its context alone, for every log line of it.
+        request_context.correlation_id.set(getattr(contract, "correlation_id", None))
         try:
             await self._handler(contract)
         except asyncio.CancelledError:

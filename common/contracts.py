@@ -92,6 +92,8 @@ class SendMessage(Contract):
 
     kind: Literal["send_message"] = "send_message"
     message_id: uuid.UUID
+    # The account that sent it, and so owns its conversation; it owns `content.from_address`.
+    account_id: uuid.UUID
     content: MessageContent
 
     @property
@@ -104,6 +106,8 @@ class MessageReceived(Contract):
 
     kind: Literal["message_received"] = "message_received"
     message_id: uuid.UUID
+    # The account that owns `content.to_address`, and so the conversation.
+    account_id: uuid.UUID
     provider: str
     provider_message_id: str
     content: MessageContent

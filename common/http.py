@@ -1,6 +1,7 @@
-"""The one error middleware every HTTP app uses: views raise, this turns it into JSON."""
+"""The one error middleware every HTTP app uses: views raise domain errors, this turns them into JSON."""
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import NotRequired
@@ -10,15 +11,21 @@ from pydantic import ValidationError
 from typing_extensions import TypedDict
 
 from common.broker import BrokerUnavailable
+from common.errors import (
+    Conflict,
+    DomainError,
+    ErrorDetail,
+    Forbidden,
+    InvalidRequest,
+    MalformedRequest,
+    NotFound,
+    RateLimited,
+    ServiceUnavailable,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 
 log = logging.getLogger(__name__)
-
-
-# TypedDicts rather than models: the bodies stay plain dicts, and the gateway's OpenAPI description
-# derives the error schema from these (pydantic reads TypedDicts from typing_extensions only, on 3.11).
-class ErrorDetail(TypedDict):
-    field: str
-    reason: str
 
 
 class ErrorBody(TypedDict):
@@ -27,39 +34,31 @@ class ErrorBody(TypedDict):
     details: NotRequired[list[ErrorDetail]]
 
 
-class ServiceError(Exception):
-    status = 500
-    code = "internal_error"
-
-    def __init__(self, message: str, details: list[ErrorDetail] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.details = details
-
-
-class InvalidRequest(ServiceError):
-    status = 422
-    code = "invalid_request"
-
-
-class MalformedRequest(ServiceError):
-    status = 400
-    code = "malformed_request"
+# What each domain error means on the wire; a subclass takes its nearest listed ancestor's status.
+_STATUS: dict[type[DomainError], int] = {
+    MalformedRequest: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    UnsupportedMediaType: 415,
+    InvalidRequest: 422,
+    RateLimited: 429,
+    ServiceUnavailable: 503,
+}
 
 
-class NotFound(ServiceError):
-    status = 404
-    code = "not_found"
+def status_of(error: DomainError) -> int:
+    return next((_STATUS[kind] for kind in type(error).__mro__ if kind in _STATUS), 500)
 
 
-class ServiceUnavailable(ServiceError):
-    status = 503
-    code = "service_unavailable"
-
-
-class Conflict(ServiceError):
-    status = 409
-    code = "conflict"
+def _error_headers(error: DomainError) -> dict[str, str]:
+    if isinstance(error, Unauthorized):
+        return {"WWW-Authenticate": "Bearer"}
+    if isinstance(error, RateLimited):
+        # Whole seconds, rounded up: a client that waits exactly that long finds a token.
+        return {"Retry-After": str(max(1, math.ceil(error.retry_after_seconds)))}
+    return {}
 
 
 def validation_details(error: ValidationError) -> list[ErrorDetail]:
@@ -98,8 +97,10 @@ async def error_middleware(
 ) -> web.StreamResponse:
     try:
         return await handler(request)
-    except ServiceError as error:
-        return web.json_response(error_body(error.code, error.message, error.details), status=error.status)
+    except DomainError as error:
+        return web.json_response(
+            error_body(error.code, error.message, error.details), status=status_of(error), headers=_error_headers(error)
+        )
     except BrokerUnavailable as error:
         log.warning("broker unavailable", extra={"path": request.path, "reason": str(error)})
         return web.json_response(

@@ -50,6 +50,8 @@ class KeyClaim(_Body):
 
 
 class KeyPublished(_Body):
+    # Keys are per account: the same key of two accounts is two keys.
+    account_id: uuid.UUID
     key: str = Field(min_length=1, max_length=MAX_IDEMPOTENCY_KEY_LENGTH)
     message_id: uuid.UUID
 

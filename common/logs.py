@@ -1,4 +1,5 @@
-"""Structured logs, one event per line, with whatever `extra=` fields a call passes.
+"""Structured logs, one event per line, with whatever `extra=` fields a call passes and the request's
+context (`common.context`).
 
 JSON for machines (the default); `text` for a person watching bin/start.sh in a terminal.
 """
@@ -9,6 +10,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from common.context import ContextFilter
 from common.settings import ProcessSettings
 
 _STANDARD_ATTRIBUTES = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
@@ -54,7 +56,12 @@ class TextFormatter(logging.Formatter):
 def configure_logging(service: str, settings: ProcessSettings) -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter(service) if settings.log_format == "json" else TextFormatter())
+    handler.addFilter(ContextFilter())
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
     # aio-pika's reconnect chatter is noise at INFO; its warnings still show.
     logging.getLogger("aiormq").setLevel(logging.WARNING)
     logging.getLogger("aio_pika").setLevel(logging.WARNING)
+    logging.getLogger(__name__).info(
+        f"{service} starting in the {settings.messaging_profile} profile",
+        extra={"profile": settings.messaging_profile.value},
+    )

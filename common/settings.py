@@ -4,10 +4,55 @@ Only a service's `main()` instantiates these from the environment; `create_app` 
 argument so tests can build any configuration without touching `os.environ`.
 """
 
-from typing import Literal
+import ipaddress
+from enum import StrEnum
+from typing import Any, Literal, Self, TypeVar
 
-from pydantic import Field
+from pydantic import Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from yarl import URL
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+class Profile(StrEnum):
+    # Loopback only, no keys needed (the built-in development account), unsigned webhooks accepted.
+    DEVELOPMENT = "development"
+    # Keys and webhook signatures required; no secret may be missing or left at a default.
+    PRODUCTION = "production"
+
+
+def secret(default: Any, description: str, **options: Any) -> Any:
+    """A field that production refuses to start with while it is empty or still `default`.
+
+    For a URL, "still the default" also means its password is the default URL's (or `guest`, or
+    missing), so a development credential cannot ride along under another host name.
+    """
+    return Field(default, description=description, json_schema_extra={"secret": True}, **options)
+
+
+# Credentials that ship in public images and tutorials: never acceptable in production.
+_WELL_KNOWN_PASSWORDS = frozenset({"guest", "postgres", "password", "changeme", "secret"})
+
+
+def _is_default(value: Any, field: FieldInfo) -> bool:
+    if value is None or value == "" or value == field.default:
+        return True
+    if isinstance(value, str) and "://" in value:
+        password = URL(value).password
+        default = URL(field.default).password if isinstance(field.default, str) and "://" in field.default else None
+        return not password or password == default or password in _WELL_KNOWN_PASSWORDS
+    return False
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class ProcessSettings(BaseSettings):
@@ -15,15 +60,50 @@ class ProcessSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
-    bind_host: str = Field("127.0.0.1", description="Interface the HTTP server binds to")
+    messaging_profile: Profile = Field(
+        Profile.DEVELOPMENT,
+        description="development: loopback only, no keys needed, unsigned webhooks accepted; "
+        "production: keys and signatures required, and no secret may be missing or a default",
+    )
+    bind_host: str = Field(
+        "127.0.0.1", description="Interface the HTTP server binds to; loopback only in the development profile"
+    )
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = Field(
         "json", description="json: one object per line, for log shippers; text: for reading in a terminal"
     )
 
+    @model_validator(mode="after")
+    def profile_holds(self) -> Self:
+        """Development listens on loopback only; production has every secret set to its own value.
+
+        Every problem is named at once, by its environment variable, so an operator fixes them in one go.
+        """
+        if self.messaging_profile is Profile.DEVELOPMENT:
+            if not _is_loopback(self.bind_host):
+                raise ValueError(
+                    f"BIND_HOST={self.bind_host} is not a loopback address, and the development profile "
+                    "serves loopback only (its requests need no key); set MESSAGING_PROFILE=production"
+                )
+            return self
+        missing = [
+            name.upper()
+            for name, field in type(self).model_fields.items()
+            if isinstance(field.json_schema_extra, dict)
+            and field.json_schema_extra.get("secret")
+            and _is_default(getattr(self, name), field)
+        ]
+        if missing:
+            raise ValueError(
+                "the production profile needs its own value for each of: "
+                + ", ".join(missing)
+                + " (each is missing, empty or still a default)"
+            )
+        return self
+
 
 class ServiceSettings(ProcessSettings):
-    amqp_url: str = Field("amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ connection URL")
+    amqp_url: str = secret("amqp://guest:guest@127.0.0.1:5672/", "RabbitMQ connection URL")
     broker_namespace: str = Field(
         "",
         description="Prefix for every exchange and queue name, so several deployments (or a test run) "
@@ -46,12 +126,38 @@ class ServiceSettings(ProcessSettings):
 class DatabaseSettings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
-    database_url: str = Field(
+    database_url: str = secret(
         "postgresql://messaging_user:messaging_password@127.0.0.1:5432/messaging_service",
-        description="PostgreSQL URL of the service's own database",
+        "PostgreSQL URL of the service's own database",
     )
     database_admin_url: str = Field(
         "postgresql://postgres:postgres@127.0.0.1:5432/postgres",
         description="A superuser URL, used only by the migrate command to create the role and database",
     )
     database_pool_size: int = Field(10, ge=1)
+
+
+class ServiceTokenSettings(BaseSettings):
+    """The token the gateway shows conversation_service on every internal call."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    internal_service_token: str = secret(
+        "development-internal-service-token",
+        "Bearer token of internal HTTP calls (gateway to conversation_service); conversation_service "
+        "refuses calls without it",
+        min_length=16,
+    )
+
+
+def load_settings(kind: type[SettingsT]) -> SettingsT:
+    """A process's settings from its environment and `.env`; invalid ones end the process, naming each."""
+    try:
+        return kind()
+    except ValidationError as error:
+        problems = "\n".join(
+            f"  {'.'.join(str(part) for part in item['loc']).upper() or 'settings'}: "
+            f"{item['msg'].removeprefix('Value error, ')}"
+            for item in error.errors(include_url=False)
+        )
+        raise SystemExit(f"cannot start: invalid settings\n{problems}") from None

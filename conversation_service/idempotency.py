@@ -18,7 +18,8 @@ from aiopg.sa import Engine, SAConnection
 from sqlalchemy.dialects import postgresql as pg
 
 from common.contracts import SendMessage
-from common.http import NotFound, ServiceUnavailable, request_validation
+from common.errors import NotFound, ServiceUnavailable
+from common.http import request_validation
 from common.idempotency import (
     CLAIM_PATH,
     PUBLISHED_PATH,

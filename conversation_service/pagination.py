@@ -5,7 +5,7 @@ from typing import TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from common.http import InvalidRequest
+from common.errors import InvalidRequest
 
 MAX_BIGINT = 2**63 - 1
 

@@ -47,7 +47,7 @@ from common.contracts import (
     MessageStatusChanged,
     SendMessage,
 )
-from common.http import NotFound, ServiceUnavailable
+from common.errors import NotFound, ServiceUnavailable
 from conversation_service.handlers import WriteOutcome
 from conversation_service.models import ConversationView, MessageDetail, MessageView, Page, StatusChange
 from conversation_service.pagination import (
@@ -64,6 +64,7 @@ ResultT = TypeVar("ResultT")
 
 # A dropped connection, a restarting server, a deadlock or a serialization failure: worth another try.
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
 
 def cancel_dropped_by_driver() -> bool:
     """Whether the running task was cancelled yet carries on with a database error.

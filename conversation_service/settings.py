@@ -2,10 +2,10 @@ from typing import Self
 
 from pydantic import Field, model_validator
 
-from common.settings import DatabaseSettings, ServiceSettings
+from common.settings import DatabaseSettings, ServiceSettings, ServiceTokenSettings
 
 
-class ConversationSettings(ServiceSettings, DatabaseSettings):
+class ConversationSettings(ServiceSettings, DatabaseSettings, ServiceTokenSettings):
     conversation_service_port: int = 8083
     default_page_size: int = Field(50, ge=1, description="Page size of a list read that names no `limit`")
     max_page_size: int = Field(200, ge=1, description="Largest `limit` a list read accepts")

@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from common import mock_provider as mock
+from common.settings import load_settings
 from email_service.settings import EmailMockBehaviourSettings, EmailMockProviderSettings
 
 # Addresses that always fail one way.
@@ -136,7 +137,7 @@ def create_app(
 
 
 def main() -> None:
-    settings = EmailMockProviderSettings()
+    settings = load_settings(EmailMockProviderSettings)
     app = create_app(EmailMockBehaviourSettings(), event_webhook_url=settings.email_mock_event_webhook_url)
     mock.run_mock_provider(app, settings, settings.email_provider_port)
 

@@ -5,6 +5,7 @@ from aiohttp import web
 from common.broker import BROKER, ContractPublisher, broker_ctx
 from common.health import add_health_routes
 from common.http import error_middleware
+from gateway.auth import development_account_middleware
 from gateway.handlers import MessageIntake
 from gateway.idempotency import HttpKeyStore, KeyStore
 from gateway.openapi import add_openapi_routes
@@ -19,12 +20,14 @@ def create_app(
 ) -> web.Application:
     """The public API. Tests pass a fake `publisher` to run without a broker, and a fake `key_store`
     to keep Idempotency-Keys without conversation_service."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_request_bytes)
+    app = web.Application(
+        middlewares=[error_middleware, development_account_middleware], client_max_size=settings.max_request_bytes
+    )
     app[VALIDATION_RULES] = settings.validation_rules
     add_health_routes(app)
     if publisher is None:
         app.cleanup_ctx.append(broker_ctx(settings))
-    app.cleanup_ctx.append(conversation_service_ctx(settings.conversation_service_url))
+    app.cleanup_ctx.append(conversation_service_ctx(settings.conversation_service_url, settings.internal_service_token))
     app.cleanup_ctx.append(_handlers_ctx(settings, publisher, key_store))
     add_routes(app)
     add_openapi_routes(app, settings)

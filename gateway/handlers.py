@@ -15,6 +15,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from common.broker import BrokerUnavailable, ContractPublisher
+from common.context import current_account
 from common.contracts import (
     Channel,
     DeliveryReported,
@@ -25,7 +26,7 @@ from common.contracts import (
     SendMessage,
     inbound_message_id,
 )
-from common.http import Conflict, InvalidRequest, ServiceUnavailable
+from common.errors import Conflict, InvalidRequest, ServiceUnavailable
 from common.idempotency import ClaimState, KeyClaim, KeyClaimRequest, KeyPublished, KeyReleased
 from gateway.idempotency import KeyStore, request_fingerprint
 from gateway.requests import DeliveryReport, SendRequest, Webhook
@@ -100,7 +101,12 @@ class MessageIntake:
     ) -> AcceptedSend:
         # A fresh id even with a key: the key store keeps the first command, and every repeat answers
         # with its id, while a key used again after it expired makes a new message, not a lost one.
-        command = SendMessage(message_id=uuid.uuid4(), correlation_id=correlation_id, content=request.to_content())
+        command = SendMessage(
+            message_id=uuid.uuid4(),
+            account_id=current_account(),
+            correlation_id=correlation_id,
+            content=request.to_content(),
+        )
         if idempotency_key is None:
             await self._publisher.publish(command)
             return AcceptedSend(_queued(command), replayed=False)
@@ -108,7 +114,9 @@ class MessageIntake:
             KeyClaimRequest(key=idempotency_key, request_fingerprint=request_fingerprint(request), command=command)
         )
         if claim.state is ClaimState.CLAIMED:
-            note = KeyPublished(key=idempotency_key, message_id=claim.command.message_id)
+            note = KeyPublished(
+                account_id=claim.command.account_id, key=idempotency_key, message_id=claim.command.message_id
+            )
             try:
                 await self._publisher.publish(claim.command)
             except BrokerUnavailable:
@@ -171,6 +179,7 @@ class MessageIntake:
         event = MessageReceived(
             # Derived from the provider's id, so a webhook the provider retries is the same message.
             message_id=inbound_message_id(provider, provider_message_id),
+            account_id=current_account(),
             correlation_id=correlation_id,
             provider=provider,
             provider_message_id=provider_message_id,

@@ -1,10 +1,10 @@
 from pydantic import Field
 
-from common.settings import ServiceSettings
+from common.settings import ServiceSettings, ServiceTokenSettings
 from gateway.requests import ValidationRules
 
 
-class GatewaySettings(ServiceSettings):
+class GatewaySettings(ServiceSettings, ServiceTokenSettings):
     gateway_port: int = 8080
     conversation_service_url: str = Field(
         "http://127.0.0.1:8083", description="Where the read API is served; the gateway proxies reads to it"

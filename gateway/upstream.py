@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from common.http import ServiceUnavailable
+from common.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,11 @@ class ConversationService:
 CONVERSATION_SERVICE = web.AppKey("conversation_service", ConversationService)
 
 
-def conversation_service_ctx(base_url: str) -> Callable[[web.Application], AsyncIterator[None]]:
+def conversation_service_ctx(base_url: str, service_token: str) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Every call carries the service token: conversation_service answers nobody else."""
+
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {service_token}"}) as session:
             app[CONVERSATION_SERVICE] = ConversationService(session, base_url)
             yield
 

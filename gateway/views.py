@@ -8,7 +8,8 @@ from urllib.parse import quote
 from aiohttp import web
 from pydantic import TypeAdapter
 
-from common.http import InvalidRequest, request_validation
+from common.errors import InvalidRequest
+from common.http import request_validation
 from common.idempotency import MAX_IDEMPOTENCY_KEY_LENGTH
 from gateway.handlers import AcceptedMessage, MessageIntake
 from gateway.reads import CONVERSATION_READER

@@ -15,6 +15,7 @@ from random import Random
 from aiohttp import web
 
 from common import mock_provider as mock
+from common.settings import load_settings
 from sms_service.settings import SmsMockBehaviourSettings, SmsMockProviderSettings
 
 API_VERSION = "2010-04-01"
@@ -132,7 +133,7 @@ def create_app(
 
 
 def main() -> None:
-    settings = SmsMockProviderSettings()
+    settings = load_settings(SmsMockProviderSettings)
     mock.run_mock_provider(create_app(SmsMockBehaviourSettings()), settings, settings.sms_provider_port)
 
 

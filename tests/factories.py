@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from common.accounts import DEVELOPMENT_ACCOUNT_ID
 from common.contracts import (
     EMAIL_PROVIDER,
     SMS_PROVIDER,
@@ -75,18 +76,27 @@ def content(
 
 
 def send_message(
-    channel: Channel = Channel.SMS, *, message_id: uuid.UUID | None = None, **fields: object
+    channel: Channel = Channel.SMS,
+    *,
+    message_id: uuid.UUID | None = None,
+    account_id: uuid.UUID = DEVELOPMENT_ACCOUNT_ID,
+    **fields: object,
 ) -> SendMessage:
     """A client's send, from our address to theirs unless told otherwise; `fields` go to `content`."""
     return SendMessage(
         message_id=message_id or uuid.uuid4(),
+        account_id=account_id,
         correlation_id=uuid.uuid4(),
         content=content(channel, **fields),  # type: ignore[arg-type]
     )
 
 
 def message_received(
-    channel: Channel = Channel.SMS, *, provider_message_id: str = "message-1", **fields: object
+    channel: Channel = Channel.SMS,
+    *,
+    provider_message_id: str = "message-1",
+    account_id: uuid.UUID = DEVELOPMENT_ACCOUNT_ID,
+    **fields: object,
 ) -> MessageReceived:
     """A provider's webhook, from their address to ours unless told otherwise; `fields` go to `content`."""
     ours, theirs = _addresses(channel)
@@ -94,6 +104,7 @@ def message_received(
     fields = {"from_address": theirs, "to_address": ours, **fields}
     return MessageReceived(
         message_id=inbound_message_id(provider, provider_message_id),
+        account_id=account_id,
         correlation_id=uuid.uuid4(),
         provider=provider,
         provider_message_id=provider_message_id,

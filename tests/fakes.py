@@ -2,7 +2,7 @@
 
 from common.broker import BrokerUnavailable
 from common.contracts import Contract, SendMessage
-from common.http import ServiceUnavailable
+from common.errors import ServiceUnavailable
 from common.idempotency import ClaimState, KeyClaim, KeyClaimRequest, KeyPublished, KeyReleased
 
 

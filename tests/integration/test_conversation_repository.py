@@ -22,7 +22,7 @@ from common.contracts import (
     MessageStatusChanged,
     SendMessage,
 )
-from common.http import InvalidRequest, NotFound, ServiceUnavailable
+from common.errors import InvalidRequest, NotFound, ServiceUnavailable
 from common.settings import DatabaseSettings
 from conversation_service.handlers import WriteOutcome
 from conversation_service.migrate import create_role_and_database, drop_database

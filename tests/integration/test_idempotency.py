@@ -12,6 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from aiopg.sa import create_engine
 
+from common.accounts import DEVELOPMENT_ACCOUNT_ID
 from common.broker import Topology
 from common.contracts import SendMessage
 from common.idempotency import CLAIM_PATH, ClaimState, KeyClaim, KeyClaimRequest
@@ -189,7 +190,12 @@ async def test_a_claim_whose_gateway_died_before_publishing_is_taken_over(
 ) -> None:
     gateway = await start_gateway()
     request = send_request_adapter.validate_python(SMS, context=GatewaySettings().validation_rules)
-    orphan = SendMessage(message_id=uuid.uuid4(), correlation_id=uuid.uuid4(), content=request.to_content())
+    orphan = SendMessage(
+        message_id=uuid.uuid4(),
+        account_id=DEVELOPMENT_ACCOUNT_ID,
+        correlation_id=uuid.uuid4(),
+        content=request.to_content(),
+    )
     # What a gateway that died between claiming the key and publishing leaves behind.
     claim = KeyClaimRequest(
         key=KEY["Idempotency-Key"], request_fingerprint=request_fingerprint(request), command=orphan
@@ -212,7 +218,12 @@ async def test_a_released_claim_is_taken_over_at_once_and_a_published_one_cannot
 ) -> None:
     request = send_request_adapter.validate_python(SMS, context=GatewaySettings().validation_rules)
     first, repeat = (
-        SendMessage(message_id=uuid.uuid4(), correlation_id=uuid.uuid4(), content=request.to_content())
+        SendMessage(
+            message_id=uuid.uuid4(),
+            account_id=DEVELOPMENT_ACCOUNT_ID,
+            correlation_id=uuid.uuid4(),
+            content=request.to_content(),
+        )
         for _ in range(2)
     )
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from common.http import NotFound
+from common.errors import NotFound
 from conversation_service.app import create_app
 from conversation_service.models import ConversationView, MessageDetail, MessageView, Page, StatusChange
 from conversation_service.settings import ConversationSettings

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from common.http import InvalidRequest
+from common.errors import InvalidRequest
 from conversation_service.pagination import (
     ConversationPosition,
     MessagePosition,

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg2
 import pytest
 
-from common.http import ServiceUnavailable
+from common.errors import ServiceUnavailable
 from conversation_service.handlers import WriteOutcome
 from conversation_service.idempotency import purge_expired_keys_every
 from conversation_service.repository import MessageRepository

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from common.broker import BrokerUnavailable
 from common.contracts import SendMessage
-from common.http import Conflict, ServiceUnavailable
+from common.errors import Conflict, ServiceUnavailable
 from common.idempotency import ClaimState, KeyClaim, KeyClaimRequest, KeyPublished, KeyReleased
 from gateway.handlers import MessageIntake
 from gateway.idempotency import HttpKeyStore, request_fingerprint
@@ -171,4 +171,6 @@ async def test_a_key_store_that_answers_an_error_is_unavailable(aiohttp_client: 
     with pytest.raises(ServiceUnavailable):
         await store.claim(claim)
     with pytest.raises(ServiceUnavailable):
-        await store.mark_published(KeyPublished(key="order-42", message_id=claim.command.message_id))
+        await store.mark_published(
+            KeyPublished(account_id=claim.command.account_id, key="order-42", message_id=claim.command.message_id)
+        )

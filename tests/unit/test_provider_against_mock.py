@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
+from common.accounts import DEVELOPMENT_ACCOUNT_ID
 from common.contracts import Channel, MessageContent, MessageStatus, SendMessage
 from common.mock_provider import MOCK_STATE, MockBehaviour
 from common.provider import ProviderClient
@@ -69,6 +70,7 @@ async def test_the_client_sends_what_its_mock_records_once(pair: Pair, aiohttp_s
     command = SendMessage(
         correlation_id=uuid.uuid4(),
         message_id=uuid.uuid4(),
+        account_id=DEVELOPMENT_ACCOUNT_ID,
         content=MessageContent(
             channel=pair.channel,
             from_address=pair.sender,
