@@ -9,7 +9,8 @@ from common.health import READINESS_CHECKS, add_health_routes
 from common.http import error_middleware
 from conversation_service.api import REPOSITORY, SETTINGS, add_read_routes
 from conversation_service.handlers import EventHandler
-from conversation_service.idempotency import KEY_STORE, IdempotencyKeyStore, add_key_routes, key_purge_ctx
+from conversation_service.housekeeping import chore_ctx
+from conversation_service.idempotency import KEY_STORE, IdempotencyKeyStore, add_key_routes
 from conversation_service.repository import MessageRepository
 from conversation_service.settings import ConversationSettings
 
@@ -33,7 +34,20 @@ def create_app(settings: ConversationSettings, *, repository: MessageRepository 
                 lambda app: EventHandler(app[REPOSITORY]),
             )
         )
-        app.cleanup_ctx.append(key_purge_ctx(settings.idempotency_purge_interval_seconds))
+        app.cleanup_ctx.append(
+            chore_ctx(
+                "purge expired idempotency keys",
+                settings.idempotency_purge_interval_seconds,
+                lambda app: app[KEY_STORE].purge_expired,
+            )
+        )
+        app.cleanup_ctx.append(
+            chore_ctx(
+                "expire receipts whose send never came",
+                settings.receipt_expiry_interval_seconds,
+                lambda app: lambda: app[REPOSITORY].expire_pending_receipts(settings.receipt_wait_seconds),
+            )
+        )
         add_key_routes(app)
     else:
         app[REPOSITORY] = repository
@@ -44,7 +58,11 @@ def create_app(settings: ConversationSettings, *, repository: MessageRepository 
 def database_ctx(settings: ConversationSettings) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         async with create_engine(settings.database_url, maxsize=settings.database_pool_size) as engine:
-            repository = MessageRepository(engine, retry_max_interval=settings.database_retry_max_interval_seconds)
+            repository = MessageRepository(
+                engine,
+                retry_max_interval=settings.database_retry_max_interval_seconds,
+                receipt_clock_skew_seconds=settings.receipt_clock_skew_seconds,
+            )
             app[REPOSITORY] = repository
             app[KEY_STORE] = IdempotencyKeyStore(
                 engine,

@@ -13,9 +13,12 @@ class WriteOutcome(StrEnum):
     CHANGED = "changed"
     # The event was stored before: a redelivery or a provider's retry.
     REPLAYED = "replayed"
-    # A delivery receipt for a message not stored (yet): it is kept in the message's status history
-    # and applied when the message is stored. A message that never is keeps it there only.
+    # A delivery receipt for a send whose answer is not stored (yet): it waits, and is checked and
+    # applied when the answer is stored, or expires if it never is.
     AWAITING_MESSAGE = "awaiting_message"
+    # A delivery receipt that cannot be about the message it names (another channel, another provider
+    # id, a message we received): logged, and it changes nothing.
+    REJECTED = "rejected"
 
 
 class EventStore(Protocol):
@@ -31,7 +34,8 @@ class EventStore(Protocol):
 _LOG_MESSAGES = {
     WriteOutcome.CHANGED: "stored message event",
     WriteOutcome.REPLAYED: "message event changed nothing",
-    WriteOutcome.AWAITING_MESSAGE: "delivery receipt kept until its message is stored",
+    WriteOutcome.AWAITING_MESSAGE: "delivery receipt kept until its send is stored",
+    WriteOutcome.REJECTED: "delivery receipt rejected",
 }
 
 

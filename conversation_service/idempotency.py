@@ -6,10 +6,8 @@ command with a fresh message id; the stored command is the one every repeat answ
 the first request never published it, publishes.
 """
 
-import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
 import sqlalchemy as sa
@@ -30,7 +28,7 @@ from common.idempotency import (
     KeyPublished,
     KeyReleased,
 )
-from conversation_service.repository import CONNECTION_ERRORS, cancel_dropped_by_driver
+from conversation_service.repository import CONNECTION_ERRORS
 from conversation_service.schema import idempotency_keys
 
 log = logging.getLogger(__name__)
@@ -140,33 +138,6 @@ def _take_over(key: str, values: dict[str, object]) -> sa.sql.Update:
 
 
 KEY_STORE = web.AppKey("idempotency_key_store", IdempotencyKeyStore)
-
-
-def key_purge_ctx(interval_seconds: float) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A cleanup_ctx that purges expired keys every `interval_seconds` while the app runs; needs the
-    key store on the app. Every replica may run it: a DELETE of expired rows is safe to repeat."""
-
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(purge_expired_keys_every(app[KEY_STORE], interval_seconds))
-        yield
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-    return ctx
-
-
-async def purge_expired_keys_every(store: IdempotencyKeyStore, interval_seconds: float) -> None:
-    while True:
-        try:
-            purged = await store.purge_expired()
-        except Exception as error:
-            if cancel_dropped_by_driver():
-                raise asyncio.CancelledError from error
-            # Housekeeping: a failed round (the database away, most likely) must not end the next ones.
-            log.exception("could not purge expired idempotency keys")
-        else:
-            log.info("purged expired idempotency keys", extra={"purged": purged})
-        await asyncio.sleep(interval_seconds)
 
 
 async def claim_key(request: web.Request) -> web.Response:

@@ -5,8 +5,10 @@ changing the outcome. Each status event adds one row to `message_status_history`
 and status, so a replay finds its row taken and changes nothing. A message's status, attempts,
 provider ids and last error are derived from its history, never set by whichever event came last:
 the highest rank wins (`STATUS_RANK`; provider ids are taken as the send's answer spelt them), so a
-status never moves backwards, and a delivery receipt that arrives before its message is applied
-when the message is stored. Writers of one message take
+status never moves backwards. A delivery receipt is checked against the send it names (channel,
+provider, provider id) and dated within [the send's time, now + a skew] before it enters the history;
+one that arrives before the send's answer waits in `pending_receipts` until it can be checked, and
+one that does not fit changes nothing. Writers of one message take
 turns on a transaction-scoped advisory lock, so that a receipt and the send it reports on cannot
 each miss the other. Each write works on a connection it is given, so a batch of deliveries can
 later share one transaction (taking its messages' locks in a fixed order).
@@ -39,6 +41,7 @@ from tenacity.stop import StopBaseT
 
 from common.contracts import (
     STATUS_RANK,
+    Channel,
     DeliveryReported,
     Direction,
     MessageContent,
@@ -100,10 +103,18 @@ class MessageRepository:
     most `retry_max_interval` between attempts: its message stays unacked meanwhile, and the rest wait
     on the queue. A read, which a client is waiting on, gives up after `read_retry_seconds`."""
 
-    def __init__(self, engine: Engine, *, retry_max_interval: float, read_retry_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        retry_max_interval: float,
+        read_retry_seconds: float = 1.0,
+        receipt_clock_skew_seconds: float = 60.0,
+    ) -> None:
         self._engine = engine
         self._retry_max_interval = retry_max_interval
         self._read_retry_seconds = read_retry_seconds
+        self._receipt_clock_skew_seconds = receipt_clock_skew_seconds
 
     async def is_available(self) -> bool:
         async with self._engine.acquire() as connection:
@@ -139,18 +150,31 @@ class MessageRepository:
         )
         content = event.command.content
         message = _message_params(event.message_id, Direction.OUTBOUND, content)
-        return await self._write(lambda connection: _record_status(connection, entry, content, message))
+        skew = self._receipt_clock_skew_seconds
+        return await self._write(lambda connection: _record_status(connection, entry, content, message, skew))
 
     async def store_receipt(self, event: DeliveryReported) -> WriteOutcome:
-        entry = _history_entry(
-            event.message_id,
-            event.status,
-            event.occurred_at,
-            provider=event.provider,
-            provider_message_id=event.provider_message_id,
-            error=event.error,
+        receipt = {
+            "message_id": str(event.message_id),
+            "status": event.status.value,
+            "channel": event.channel.value,
+            "provider": event.provider,
+            "provider_message_id": event.provider_message_id,
+            "occurred_at": event.occurred_at,
+            "error": event.error,
+        }
+        skew = self._receipt_clock_skew_seconds
+        return await self._write(lambda connection: _record_receipt(connection, receipt, skew))
+
+    async def expire_pending_receipts(self, older_than_seconds: float) -> int:
+        """Drop the receipts that waited longer than `older_than_seconds` for their send; how many.
+
+        Their send never came (a forged or misdirected receipt, most likely): they could never apply.
+        """
+        result = await self._write(
+            lambda connection: _EXPIRE_PENDING_RECEIPTS.execute(connection, {"older_than": older_than_seconds})
         )
-        return await self._write(lambda connection: _record_receipt(connection, entry))
+        return len(result)
 
     # Reads.
 
@@ -319,6 +343,10 @@ class _Compiled:
     async def scalar(self, connection: SAConnection, params: Mapping[str, Any]) -> Any:
         return await connection.scalar(self.sql, {**self.constants, **params})
 
+    async def execute(self, connection: SAConnection, params: Mapping[str, Any]) -> list[RowProxy]:
+        result = await connection.execute(self.sql, {**self.constants, **params})
+        return await result.fetchall() if result.returns_rows else []
+
 
 _FIND_CONVERSATION = _Compiled.of(
     sa.select(conversations.c.id).where(conversations.c.participant_key == sa.bindparam("participant_key"))
@@ -479,7 +507,49 @@ def _refresh_status_statement() -> sa.sql.Update:
     )
 
 
+# Which channels' messages a receipt of each channel can be about: Twilio's callback does not say MMS.
+_RECEIPT_CHANNELS = {
+    Channel.SMS.value: {Channel.SMS.value, Channel.MMS.value},
+    Channel.MMS.value: {Channel.SMS.value, Channel.MMS.value},
+    Channel.EMAIL.value: {Channel.EMAIL.value},
+}
+
 _RECORD_ENTRY = _Compiled.of(_record_entry_statement())
+_LOCK_MESSAGE_ALONE = _Compiled.of(sa.select(_LOCK_MESSAGE))
+_SEND_OF = _Compiled.of(
+    sa.text(
+        "SELECT m.direction, m.type, m.status, s.provider AS sent_provider, "
+        "s.provider_message_id AS sent_provider_message_id, s.occurred_at AS sent_at "
+        "FROM messages m LEFT JOIN message_status_history s ON s.message_id = m.id AND s.status = 'sent' "
+        "WHERE m.id = CAST(:message_id AS uuid)"
+    )
+)
+_RECEIPT_COLUMNS = "message_id, status, channel, provider, provider_message_id, occurred_at, error"
+_PARK_RECEIPT = _Compiled.of(
+    sa.text(
+        f"INSERT INTO pending_receipts ({_RECEIPT_COLUMNS}) VALUES (CAST(:message_id AS uuid), :status, :channel, "
+        ":provider, :provider_message_id, :occurred_at, :error) ON CONFLICT DO NOTHING RETURNING message_id"
+    )
+)
+_TAKE_PENDING_RECEIPTS = _Compiled.of(
+    sa.text(f"DELETE FROM pending_receipts WHERE message_id = CAST(:message_id AS uuid) RETURNING {_RECEIPT_COLUMNS}")
+)
+_EXPIRE_PENDING_RECEIPTS = _Compiled.of(
+    sa.text(
+        "DELETE FROM pending_receipts WHERE received_at < now() - make_interval(secs => :older_than) "
+        "RETURNING message_id"
+    )
+)
+# A provider's clock is not ours: a receipt is dated no earlier than the send it reports on, and no
+# later than now and a little, so neither a 1970 nor a 2099 date can reorder the history.
+_RECORD_RECEIPT_ENTRY = _Compiled.of(
+    sa.text(
+        "INSERT INTO message_status_history (message_id, status, occurred_at, provider, provider_message_id, error) "
+        "VALUES (CAST(:message_id AS uuid), :status, "
+        "GREATEST(:sent_at, LEAST(:occurred_at, now() + make_interval(secs => :skew))), "
+        ":provider, :provider_message_id, :error) ON CONFLICT DO NOTHING RETURNING message_id"
+    )
+)
 _CREATE_CONVERSATION = _Compiled.of(_create_conversation_statement())
 _INSERT_MESSAGE = _Compiled.of(_insert_message_statement())
 _REFRESH_STATUS = _Compiled.of(_refresh_status_statement())
@@ -530,24 +600,80 @@ async def _record_message(
 
 
 async def _record_status(
-    connection: SAConnection, entry: dict[str, Any], content: MessageContent, message: dict[str, Any]
+    connection: SAConnection,
+    entry: dict[str, Any],
+    content: MessageContent,
+    message: dict[str, Any],
+    receipt_clock_skew_seconds: float,
 ) -> WriteOutcome:
     """A channel service's outcome: its message is most likely stored, but when this event overtook
-    the send it carries, the message is stored from it."""
+    the send it carries, the message is stored from it. Receipts that came before it, waiting for the
+    send's answer to be checked against, are settled now."""
     if await _RECORD_ENTRY.scalar(connection, entry) is None:
         return WriteOutcome.REPLAYED
     if await _refresh_status(connection, entry["message_id"]) is None:
         await _store_message(connection, content, message)
+    for receipt in await _TAKE_PENDING_RECEIPTS.execute(connection, {"message_id": entry["message_id"]}):
+        await _settle_receipt(connection, dict(receipt), receipt_clock_skew_seconds)
     return WriteOutcome.CHANGED
 
 
-async def _record_receipt(connection: SAConnection, entry: dict[str, Any]) -> WriteOutcome:
-    """A receipt cannot store its message: until the message is, the entry waits in the history."""
-    if await _RECORD_ENTRY.scalar(connection, entry) is None:
+async def _record_receipt(
+    connection: SAConnection, receipt: dict[str, Any], receipt_clock_skew_seconds: float
+) -> WriteOutcome:
+    """A receipt applies only to the send it reports on: until that send's answer is stored, it waits."""
+    await _LOCK_MESSAGE_ALONE.scalar(connection, {"message_id": receipt["message_id"]})
+    outcome = await _settle_receipt(connection, receipt, receipt_clock_skew_seconds)
+    if outcome is not WriteOutcome.AWAITING_MESSAGE:
+        return outcome
+    if await _PARK_RECEIPT.scalar(connection, receipt) is None:
         return WriteOutcome.REPLAYED
-    if await _refresh_status(connection, entry["message_id"]) is None:
+    return outcome
+
+
+async def _settle_receipt(
+    connection: SAConnection, receipt: dict[str, Any], receipt_clock_skew_seconds: float
+) -> WriteOutcome:
+    """Apply `receipt` if it fits its send, dated no earlier than the send and no later than now (give
+    or take the skew); AWAITING_MESSAGE if the send's answer is not stored yet. Takes the message's lock
+    being held."""
+    send = (await _SEND_OF.execute(connection, {"message_id": receipt["message_id"]}) or [None])[0]
+    if send is None or (send.sent_provider_message_id is None and send.status == MessageStatus.QUEUED):
         return WriteOutcome.AWAITING_MESSAGE
+    misfit = _receipt_misfit(send, receipt)
+    if misfit is not None:
+        log.warning(
+            "delivery receipt changes nothing: %s",
+            misfit,
+            extra={
+                "message_id": receipt["message_id"],
+                "receipt_status": receipt["status"],
+                "receipt_provider_message_id": receipt["provider_message_id"],
+            },
+        )
+        return WriteOutcome.REJECTED
+    entry = {**receipt, "sent_at": send.sent_at, "skew": receipt_clock_skew_seconds}
+    if await _RECORD_RECEIPT_ENTRY.scalar(connection, entry) is None:
+        return WriteOutcome.REPLAYED
+    await _refresh_status(connection, receipt["message_id"])
     return WriteOutcome.CHANGED
+
+
+def _receipt_misfit(send: RowProxy, receipt: dict[str, Any]) -> str | None:
+    """Why `receipt` cannot be about `send`, or None if it can."""
+    if send.direction != Direction.OUTBOUND:
+        return "it names a message we received, not one we sent"
+    if send.type not in _RECEIPT_CHANNELS[receipt["channel"]]:
+        return f"it is a {receipt['channel']} receipt for an {send.type} message"
+    if send.sent_provider_message_id is None:
+        return "the send never reached the provider"
+    if receipt["provider"] != send.sent_provider:
+        return f"it comes from {receipt['provider']}, the message was sent through {send.sent_provider}"
+    # SendGrid's events name the send's X-Message-Id followed by a suffix of their own.
+    provider_id, sent_id = receipt["provider_message_id"], send.sent_provider_message_id
+    if provider_id != sent_id and not provider_id.startswith(f"{sent_id}."):
+        return f"its provider id {provider_id!r} is not the send's {sent_id!r}"
+    return None
 
 
 async def _store_message(connection: SAConnection, content: MessageContent, message: dict[str, Any]) -> None:

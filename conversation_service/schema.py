@@ -95,6 +95,21 @@ message_status_history = sa.Table(
     ),
 )
 
+pending_receipts = sa.Table(
+    "pending_receipts",
+    metadata,
+    sa.Column("message_id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("status", sa.Text, primary_key=True),
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("provider", sa.Text, nullable=False),
+    sa.Column("provider_message_id", sa.Text, nullable=False),
+    sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.CheckConstraint("status IN ('delivered', 'failed')", name="ck_pending_receipts_status"),
+    sa.Index("ix_pending_receipts_received_at", "received_at"),
+)
+
 idempotency_keys = sa.Table(
     "idempotency_keys",
     metadata,

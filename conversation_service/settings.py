@@ -28,6 +28,22 @@ class ConversationSettings(ServiceSettings, DatabaseSettings, ServiceTokenSettin
         "the same command itself (the first one's gateway presumed dead)",
     )
 
+    receipt_clock_skew_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="How far past our clock a provider may date a delivery receipt; a later date is taken as now "
+        "and this much (an earlier one than the send's, as the send's)",
+    )
+    receipt_wait_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="How long a delivery receipt that came before its send's answer waits for it; then it is "
+        "dropped, since it can never be checked against the send",
+    )
+    receipt_expiry_interval_seconds: float = Field(
+        300.0, gt=0, description="How often receipts that waited past RECEIPT_WAIT_SECONDS are dropped"
+    )
+
     @model_validator(mode="after")
     def default_page_fits(self) -> Self:
         if self.default_page_size > self.max_page_size:

@@ -4,7 +4,7 @@ import asyncio
 import itertools
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg2
@@ -14,6 +14,8 @@ from aiopg.sa import Engine, create_engine
 from psycopg2.extensions import make_dsn, parse_dsn
 
 from common.contracts import (
+    EMAIL_PROVIDER,
+    SMS_PROVIDER,
     Channel,
     DeliveryReported,
     MessageEvent,
@@ -27,7 +29,13 @@ from common.settings import DatabaseSettings
 from conversation_service.handlers import WriteOutcome
 from conversation_service.migrate import create_role_and_database, drop_database
 from conversation_service.repository import MessageRepository
-from conversation_service.schema import conversation_participants, conversations, message_status_history, messages
+from conversation_service.schema import (
+    conversation_participants,
+    conversations,
+    message_status_history,
+    messages,
+    pending_receipts,
+)
 from tests.factories import (
     OUR_PHONE,
     START,
@@ -456,9 +464,11 @@ async def test_every_arrival_order_ends_delivered_with_the_full_history(
 
     outcomes = [await store(repository, events[name]) for name in order]
 
-    # Only a receipt that arrives before anything else of its message waits for it.
-    awaiting = [WriteOutcome.AWAITING_MESSAGE] if order[0] == "delivered" else [WriteOutcome.CHANGED]
-    assert outcomes == awaiting + [WriteOutcome.CHANGED] * 2
+    # A receipt that arrives before the send's answer waits for it, to be checked against it.
+    expected = {name: WriteOutcome.CHANGED for name in order}
+    if order.index("delivered") < order.index("sent"):
+        expected["delivered"] = WriteOutcome.AWAITING_MESSAGE
+    assert outcomes == [expected[name] for name in order]
     message = await repository.get_message(command.message_id)
     assert (message.status, message.attempts, message.provider, message.provider_message_id, message.last_error) == (
         "delivered",
@@ -477,7 +487,7 @@ async def test_every_arrival_order_ends_delivered_with_the_full_history(
     assert conversation["message_count"] == 1
 
 
-async def test_a_receipt_for_a_message_never_stored_stays_in_the_history_only(
+async def test_a_receipt_for_a_message_never_stored_waits_apart_and_expires(
     repository: MessageRepository, engine: Engine
 ) -> None:
     receipt = delivery_reported(send_message(), MessageStatus.FAILED, error="error 30003")
@@ -487,10 +497,15 @@ async def test_a_receipt_for_a_message_never_stored_stays_in_the_history_only(
 
     assert await rows(engine, messages) == []
     assert await rows(engine, conversations) == []
-    (entry,) = await rows(engine, message_status_history)
-    assert (entry["message_id"], entry["status"], entry["error"]) == (receipt.message_id, "failed", "error 30003")
+    assert await rows(engine, message_status_history) == []
+    (waiting,) = await rows(engine, pending_receipts)
+    assert (waiting["message_id"], waiting["status"], waiting["error"]) == (receipt.message_id, "failed", "error 30003")
     with pytest.raises(NotFound):
         await repository.get_message(receipt.message_id)
+
+    assert await repository.expire_pending_receipts(older_than_seconds=3600) == 0
+    assert await repository.expire_pending_receipts(older_than_seconds=0) == 1
+    assert await rows(engine, pending_receipts) == []
 
 
 async def test_a_failed_receipt_after_sent_fails_the_message_and_keeps_the_sends_attempts(
@@ -522,21 +537,24 @@ async def test_a_failed_receipt_after_sent_fails_the_message_and_keeps_the_sends
     ]
 
 
-async def test_delivered_never_goes_back_to_sent_and_a_late_entry_leaves_the_message_untouched(
+async def test_a_receipt_that_came_before_the_sends_answer_applies_with_it_and_keeps_its_time(
     repository: MessageRepository, engine: Engine
 ) -> None:
     command = send_message()
     events = lifecycle(command)
     await repository.store_outbound(command)
     await store(repository, events["delivered"])
-    before = await message_row(engine, command.message_id)
+    assert (await message_row(engine, command.message_id))["status"] == "queued"
 
     assert await store(repository, events["sent"]) is WriteOutcome.CHANGED
 
     after = await message_row(engine, command.message_id)
-    assert after["status"] == "delivered"
-    # The send's attempts and provider id are learnt; the status and its time stay.
-    assert (after["attempts"], after["status_changed_at"]) == (2, before["status_changed_at"])
+    # The send's attempts and provider id are learnt; the status and its time are the receipt's.
+    assert (after["status"], after["attempts"], after["status_changed_at"]) == (
+        "delivered",
+        2,
+        events["delivered"].occurred_at,
+    )
     assert len(await rows(engine, message_status_history)) == 3
 
 
@@ -549,6 +567,7 @@ async def test_of_two_final_reports_the_first_to_happen_wins_whatever_order_they
         update={"occurred_at": delivered.occurred_at + timedelta(seconds=1)}
     )
     await repository.store_outbound(command)
+    await repository.store_status(status_changed(command, provider_message_id=delivered.provider_message_id))
     await repository.store_receipt(bounced)
     assert (await message_row(engine, command.message_id))["status"] == "failed"
 
@@ -562,13 +581,127 @@ async def test_a_receipt_racing_its_send_is_never_lost(repository: MessageReposi
     commands = [send_message(to_address=f"+1312555{i:04d}") for i in range(20)]
 
     for command in commands:
+        provider_message_id = f"SM{command.message_id}"
         outcomes = await asyncio.gather(
-            repository.store_receipt(delivery_reported(command, provider_message_id=f"SM{command.message_id}")),
+            repository.store_receipt(delivery_reported(command, provider_message_id=provider_message_id)),
+            repository.store_status(status_changed(command, provider_message_id=provider_message_id)),
             repository.store_outbound(command),
         )
-        assert outcomes[1] is WriteOutcome.CHANGED
+        assert outcomes[1:] == [WriteOutcome.CHANGED] * 2
 
     stored = await rows(engine, messages)
     assert len(stored) == 20
     assert {row["status"] for row in stored} == {"delivered"}
-    assert len(await rows(engine, message_status_history)) == 40
+    assert len(await rows(engine, message_status_history)) == 60
+    assert await rows(engine, pending_receipts) == []
+
+
+async def _sent(repository: MessageRepository, command: SendMessage, provider_message_id: str = "SM42") -> None:
+    await repository.store_outbound(command)
+    await repository.store_status(status_changed(command, provider_message_id=provider_message_id))
+
+
+async def _history(repository: MessageRepository, message_id: uuid.UUID) -> list[tuple[str, datetime]]:
+    return [(change.status, change.at) for change in (await repository.get_message(message_id)).history]
+
+
+async def test_a_forged_bounce_dated_1970_leaves_a_delivered_email_as_it_was(
+    repository: MessageRepository, engine: Engine
+) -> None:
+    command = send_message(Channel.EMAIL)
+    await _sent(repository, command, "x-message-id-1")
+    await repository.store_receipt(delivery_reported(command, provider_message_id="x-message-id-1.filter0001"))
+    before = await repository.get_message(command.message_id)
+    forged = delivery_reported(command, MessageStatus.FAILED, provider_message_id="x", error="forged").model_copy(
+        update={"occurred_at": datetime(1970, 1, 1, tzinfo=UTC)}
+    )
+
+    assert await repository.store_receipt(forged) is WriteOutcome.REJECTED
+
+    assert await repository.get_message(command.message_id) == before
+    assert before.status == "delivered"
+
+
+@pytest.mark.parametrize(
+    ("why", "channel", "receipt_channel", "provider_message_id"),
+    [
+        ("another provider id", Channel.SMS, Channel.SMS, "SM-someone-else"),
+        ("an id that only starts like the send's", Channel.SMS, Channel.SMS, "SM42x"),
+        ("an email receipt naming an SMS", Channel.SMS, Channel.EMAIL, "SM42"),
+        ("an SMS receipt naming an email", Channel.EMAIL, Channel.SMS, "SM42"),
+    ],
+)
+async def test_a_receipt_that_does_not_fit_its_send_changes_nothing(
+    repository: MessageRepository,
+    why: str,
+    channel: Channel,
+    receipt_channel: Channel,
+    provider_message_id: str,
+) -> None:
+    command = send_message(channel)
+    await _sent(repository, command)
+    before = await repository.get_message(command.message_id)
+    receipt = delivery_reported(command, MessageStatus.FAILED, provider_message_id=provider_message_id)
+    receipt = receipt.model_copy(
+        update={
+            "channel": receipt_channel,
+            "provider": EMAIL_PROVIDER if receipt_channel is Channel.EMAIL else SMS_PROVIDER,
+        }
+    )
+
+    assert await repository.store_receipt(receipt) is WriteOutcome.REJECTED, why
+
+    assert await repository.get_message(command.message_id) == before
+
+
+async def test_a_receipt_naming_a_message_we_received_changes_nothing(repository: MessageRepository) -> None:
+    inbound = message_received(provider_message_id="SM42")
+    await repository.store_inbound(inbound)
+    before = await repository.get_message(inbound.message_id)
+    receipt = DeliveryReported(
+        message_id=inbound.message_id,
+        correlation_id=uuid.uuid4(),
+        channel=Channel.SMS,
+        provider=SMS_PROVIDER,
+        provider_message_id="SM42",
+        status=MessageStatus.FAILED,
+        error="forged",
+    )
+
+    assert await repository.store_receipt(receipt) is WriteOutcome.REJECTED
+
+    assert await repository.get_message(inbound.message_id) == before
+
+
+async def test_a_receipt_that_waited_is_checked_when_the_send_comes_and_dropped_if_it_does_not_fit(
+    repository: MessageRepository, engine: Engine
+) -> None:
+    command = send_message()
+    forged = delivery_reported(command, MessageStatus.FAILED, provider_message_id="SM-forged")
+    assert await repository.store_receipt(forged) is WriteOutcome.AWAITING_MESSAGE
+
+    await _sent(repository, command)
+
+    message = await repository.get_message(command.message_id)
+    assert (message.status, [change.status for change in message.history]) == ("sent", ["queued", "sent"])
+    assert await rows(engine, pending_receipts) == []
+
+
+async def test_a_receipt_is_dated_between_its_send_and_now(repository: MessageRepository) -> None:
+    early, late = send_message(), send_message(to_address="+13125550001")
+    await _sent(repository, early, "SM-early")
+    await _sent(repository, late, "SM-late")
+    sent_at = dict(await _history(repository, early.message_id))["sent"]
+    before_1970 = delivery_reported(early, provider_message_id="SM-early").model_copy(
+        update={"occurred_at": datetime(1970, 1, 1, tzinfo=UTC)}
+    )
+    in_2099 = delivery_reported(late, provider_message_id="SM-late").model_copy(
+        update={"occurred_at": datetime(2099, 1, 1, tzinfo=UTC)}
+    )
+
+    await repository.store_receipt(before_1970)
+    await repository.store_receipt(in_2099)
+
+    assert dict(await _history(repository, early.message_id))["delivered"] == sent_at
+    delivered_at = dict(await _history(repository, late.message_id))["delivered"]
+    assert delivered_at <= datetime.now(UTC) + timedelta(seconds=61)

@@ -62,7 +62,8 @@ async def test_each_event_reaches_its_own_write(event: MessageEvent, write: str)
     [
         (WriteOutcome.CHANGED, "stored message event"),
         (WriteOutcome.REPLAYED, "message event changed nothing"),
-        (WriteOutcome.AWAITING_MESSAGE, "delivery receipt kept until its message is stored"),
+        (WriteOutcome.AWAITING_MESSAGE, "delivery receipt kept until its send is stored"),
+        (WriteOutcome.REJECTED, "delivery receipt rejected"),
     ],
 )
 async def test_every_event_is_logged_with_its_outcome_and_ids(

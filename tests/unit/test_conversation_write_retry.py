@@ -12,7 +12,7 @@ import pytest
 
 from common.errors import ServiceUnavailable
 from conversation_service.handlers import WriteOutcome
-from conversation_service.idempotency import purge_expired_keys_every
+from conversation_service.housekeeping import run_every
 from conversation_service.repository import MessageRepository
 from tests.factories import eventually, send_message
 
@@ -112,7 +112,9 @@ async def test_a_cancel_dropped_inside_the_driver_still_ends_the_write() -> None
 
 
 async def test_a_key_purge_cancelled_as_the_database_fails_ends_instead_of_sleeping_an_hour() -> None:
-    purging = asyncio.create_task(purge_expired_keys_every(CancelDroppingKeyStore(), interval_seconds=3600))  # type: ignore[arg-type]
+    purging = asyncio.create_task(
+        run_every("purge keys", CancelDroppingKeyStore().purge_expired, interval_seconds=3600)
+    )
 
     done, _ = await asyncio.wait({purging}, timeout=1.0)
 
