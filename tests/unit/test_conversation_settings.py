@@ -8,13 +8,13 @@ from conversation_service.settings import ConversationSettings
 
 def test_knobs_are_read_from_their_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONVERSATION_SERVICE_PORT", "18083")
-    monkeypatch.setenv("BIND_HOST", "0.0.0.0")
+    monkeypatch.setenv("BIND_HOST", "127.0.0.2")
     monkeypatch.setenv("MAX_PAGE_SIZE", "500")
     monkeypatch.setenv("DATABASE_URL", "postgresql://someone:secret@db:5432/conversations")
 
     settings = ConversationSettings(_env_file=None)
 
-    assert (settings.conversation_service_port, settings.bind_host) == (18083, "0.0.0.0")
+    assert (settings.conversation_service_port, settings.bind_host) == (18083, "127.0.0.2")
     assert (settings.default_page_size, settings.max_page_size) == (50, 500)
     assert settings.database_url == "postgresql://someone:secret@db:5432/conversations"
 
