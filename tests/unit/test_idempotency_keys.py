@@ -1,11 +1,14 @@
 """The gateway's send with an Idempotency-Key, against fakes: how it waits, takes over, replays and fails."""
 
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from aiohttp import web
 
+from common import context
+from common.accounts import DEVELOPMENT_ACCOUNT_ID
 from common.broker import BrokerUnavailable
 from common.contracts import SendMessage
 from common.errors import Conflict, ServiceUnavailable
@@ -21,6 +24,14 @@ RULES = ValidationRules(
     default_phone_region="US", sms_body_max_chars=1600, email_body_max_chars=10_000, max_attachments=5
 )
 SMS = {"from": "+12016661234", "to": "+18045551234", "type": "sms", "body": "hi", "timestamp": "2024-11-01T14:00:00Z"}
+
+
+@pytest.fixture(autouse=True)
+def _acting_for_the_development_account() -> Iterator[None]:
+    """The intake sends for the request's account, which the gateway's middleware puts in context."""
+    token = context.account_id.set(DEVELOPMENT_ACCOUNT_ID)
+    yield
+    context.account_id.reset(token)
 
 
 def send_request(**fields: Any) -> SendRequest:
