@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from aiopg.sa import Engine, create_engine
 from psycopg2.extensions import make_dsn, parse_dsn
 
+from common.accounts import DEVELOPMENT_ACCOUNT_ID
 from common.contracts import (
     EMAIL_PROVIDER,
     SMS_PROVIDER,
@@ -25,9 +26,8 @@ from common.contracts import (
     SendMessage,
 )
 from common.errors import InvalidRequest, NotFound, ServiceUnavailable
-from common.settings import DatabaseSettings
 from conversation_service.handlers import WriteOutcome
-from conversation_service.migrate import create_role_and_database, drop_database
+from conversation_service.migrate import create_roles_and_database, drop_database
 from conversation_service.repository import MessageRepository
 from conversation_service.schema import (
     conversation_participants,
@@ -36,6 +36,7 @@ from conversation_service.schema import (
     messages,
     pending_receipts,
 )
+from conversation_service.settings import MigrationSettings
 from tests.factories import (
     OUR_PHONE,
     START,
@@ -108,6 +109,7 @@ async def test_a_send_is_stored_queued_in_a_new_conversation(repository: Message
         "id": command.message_id,
         "seq": None,
         "conversation_id": 1,
+        "account_id": DEVELOPMENT_ACCOUNT_ID,
         "direction": "outbound",
         "type": "mms",
         "from_address": OUR_PHONE,
@@ -152,7 +154,7 @@ async def test_both_directions_share_one_conversation_and_another_pair_gets_the_
     await repository.store_outbound(send_message(Channel.MMS, at=START + timedelta(minutes=2)))
     await repository.store_outbound(send_message(to_address="+13125550000", at=START + timedelta(minutes=3)))
 
-    page = await repository.list_conversations(limit=10)
+    page = await repository.list_conversations(DEVELOPMENT_ACCOUNT_ID, limit=10)
 
     assert [(c.id, c.participants, c.channels, c.message_count) for c in page.items] == [
         (2, ["+12016661234", "+13125550000"], ["sms"], 1),
@@ -250,7 +252,7 @@ async def test_the_latest_message_is_the_one_with_the_latest_timestamp_not_the_l
     await repository.store_outbound(newer)
     await repository.store_outbound(send_message(at=START, body="older"))
 
-    (conversation,) = (await repository.list_conversations(limit=10)).items
+    (conversation,) = (await repository.list_conversations(DEVELOPMENT_ACCOUNT_ID, limit=10)).items
 
     assert conversation.message_count == 2
     assert conversation.last_message is not None and conversation.last_message.id == newer.message_id
@@ -290,7 +292,7 @@ async def test_messages_page_through_oldest_first_each_exactly_once(repository: 
     cursor: str | None = None
     pages = 0
     while True:
-        page = await repository.list_messages(1, limit=3, cursor=cursor)
+        page = await repository.list_messages(DEVELOPMENT_ACCOUNT_ID, 1, limit=3, cursor=cursor)
         seen += [message.id for message in page.items]
         pages += 1
         if page.next_cursor is None:
@@ -311,9 +313,9 @@ async def test_conversations_page_through_latest_activity_first_each_exactly_onc
         # Two conversations share a latest time: the id orders them.
         await repository.store_outbound(send_message(to_address=partner, at=START + timedelta(minutes=min(i, 3))))
 
-    first = await repository.list_conversations(limit=2)
-    second = await repository.list_conversations(limit=2, cursor=first.next_cursor)
-    third = await repository.list_conversations(limit=2, cursor=second.next_cursor)
+    first = await repository.list_conversations(DEVELOPMENT_ACCOUNT_ID, limit=2)
+    second = await repository.list_conversations(DEVELOPMENT_ACCOUNT_ID, limit=2, cursor=first.next_cursor)
+    third = await repository.list_conversations(DEVELOPMENT_ACCOUNT_ID, limit=2, cursor=second.next_cursor)
 
     assert [c.id for c in first.items + second.items + third.items] == [5, 4, 3, 2, 1]
     assert third.next_cursor is None
@@ -323,11 +325,11 @@ async def test_reading_what_is_not_there(repository: MessageRepository) -> None:
     await repository.store_outbound(send_message())
 
     with pytest.raises(NotFound):
-        await repository.list_messages(2, limit=10)
+        await repository.list_messages(DEVELOPMENT_ACCOUNT_ID, 2, limit=10)
     with pytest.raises(NotFound):
-        await repository.get_message(uuid.uuid4())
+        await repository.get_message(DEVELOPMENT_ACCOUNT_ID, uuid.uuid4())
     with pytest.raises(InvalidRequest):
-        await repository.list_messages(1, limit=10, cursor="bogus")
+        await repository.list_messages(DEVELOPMENT_ACCOUNT_ID, 1, limit=10, cursor="bogus")
 
 
 def drop_connections_of(database_url: str) -> None:
@@ -351,7 +353,7 @@ async def test_a_write_survives_the_database_dropping_its_connections(
     command = send_message(at=START + timedelta(minutes=1))
     assert await repository.store_outbound(command) is WriteOutcome.CHANGED
 
-    assert (await repository.get_message(command.message_id)).status == "queued"
+    assert (await repository.get_message(DEVELOPMENT_ACCOUNT_ID, command.message_id)).status == "queued"
 
 
 async def test_a_read_survives_the_database_dropping_its_connections(
@@ -361,24 +363,27 @@ async def test_a_read_survives_the_database_dropping_its_connections(
     await repository.store_outbound(command)
     drop_connections_of(database_url)
 
-    assert (await repository.get_message(command.message_id)).id == command.message_id
+    assert (await repository.get_message(DEVELOPMENT_ACCOUNT_ID, command.message_id)).id == command.message_id
 
 
 async def test_a_database_that_stays_away_is_service_unavailable_for_reads_and_waited_out_by_writes(
-    database_settings: DatabaseSettings,
+    database_settings: MigrationSettings,
 ) -> None:
     # A database of this test's own, dropped under the pool: no other test loses its connections.
-    dsn = parse_dsn(database_settings.database_url)
+    gone = f"{parse_dsn(database_settings.database_url)['dbname']}_gone_{uuid.uuid4().hex[:8]}"
     doomed = database_settings.model_copy(
-        update={"database_url": make_dsn(**{**dsn, "dbname": f"{dsn['dbname']}_gone_{uuid.uuid4().hex[:8]}"})}
+        update={
+            name: make_dsn(**{**parse_dsn(getattr(database_settings, name)), "dbname": gone})
+            for name in ("database_url", "database_owner_url")
+        }
     )
-    create_role_and_database(doomed)
+    create_roles_and_database(doomed)
     async with create_engine(doomed.database_url) as engine:
         repository = MessageRepository(engine, retry_max_interval=0.05, read_retry_seconds=0.3)
         drop_database(doomed)
 
         with pytest.raises(ServiceUnavailable):
-            await repository.list_conversations(limit=10)
+            await repository.list_conversations(DEVELOPMENT_ACCOUNT_ID, limit=10)
         # The consumer holds the message unacked meanwhile: a nack would count toward the queue's
         # delivery limit, and a long outage would dead-letter good events.
         write = asyncio.create_task(repository.store_outbound(send_message()))
@@ -401,6 +406,7 @@ async def test_a_status_racing_its_send_into_the_database_is_not_lost(
             messages.insert().values(
                 id=command.message_id,
                 conversation_id=1,
+                account_id=command.account_id,
                 direction="outbound",
                 type="sms",
                 from_address=OUR_PHONE,
@@ -469,7 +475,7 @@ async def test_every_arrival_order_ends_delivered_with_the_full_history(
     if order.index("delivered") < order.index("sent"):
         expected["delivered"] = WriteOutcome.AWAITING_MESSAGE
     assert outcomes == [expected[name] for name in order]
-    message = await repository.get_message(command.message_id)
+    message = await repository.get_message(DEVELOPMENT_ACCOUNT_ID, command.message_id)
     assert (message.status, message.attempts, message.provider, message.provider_message_id, message.last_error) == (
         "delivered",
         2,
@@ -501,7 +507,7 @@ async def test_a_receipt_for_a_message_never_stored_waits_apart_and_expires(
     (waiting,) = await rows(engine, pending_receipts)
     assert (waiting["message_id"], waiting["status"], waiting["error"]) == (receipt.message_id, "failed", "error 30003")
     with pytest.raises(NotFound):
-        await repository.get_message(receipt.message_id)
+        await repository.get_message(DEVELOPMENT_ACCOUNT_ID, receipt.message_id)
 
     assert await repository.expire_pending_receipts(older_than_seconds=3600) == 0
     assert await repository.expire_pending_receipts(older_than_seconds=0) == 1
@@ -602,7 +608,10 @@ async def _sent(repository: MessageRepository, command: SendMessage, provider_me
 
 
 async def _history(repository: MessageRepository, message_id: uuid.UUID) -> list[tuple[str, datetime]]:
-    return [(change.status, change.at) for change in (await repository.get_message(message_id)).history]
+    return [
+        (change.status, change.at)
+        for change in (await repository.get_message(DEVELOPMENT_ACCOUNT_ID, message_id)).history
+    ]
 
 
 async def test_a_forged_bounce_dated_1970_leaves_a_delivered_email_as_it_was(
@@ -611,14 +620,14 @@ async def test_a_forged_bounce_dated_1970_leaves_a_delivered_email_as_it_was(
     command = send_message(Channel.EMAIL)
     await _sent(repository, command, "x-message-id-1")
     await repository.store_receipt(delivery_reported(command, provider_message_id="x-message-id-1.filter0001"))
-    before = await repository.get_message(command.message_id)
+    before = await repository.get_message(DEVELOPMENT_ACCOUNT_ID, command.message_id)
     forged = delivery_reported(command, MessageStatus.FAILED, provider_message_id="x", error="forged").model_copy(
         update={"occurred_at": datetime(1970, 1, 1, tzinfo=UTC)}
     )
 
     assert await repository.store_receipt(forged) is WriteOutcome.REJECTED
 
-    assert await repository.get_message(command.message_id) == before
+    assert await repository.get_message(DEVELOPMENT_ACCOUNT_ID, command.message_id) == before
     assert before.status == "delivered"
 
 
@@ -640,7 +649,7 @@ async def test_a_receipt_that_does_not_fit_its_send_changes_nothing(
 ) -> None:
     command = send_message(channel)
     await _sent(repository, command)
-    before = await repository.get_message(command.message_id)
+    before = await repository.get_message(DEVELOPMENT_ACCOUNT_ID, command.message_id)
     receipt = delivery_reported(command, MessageStatus.FAILED, provider_message_id=provider_message_id)
     receipt = receipt.model_copy(
         update={
@@ -651,13 +660,13 @@ async def test_a_receipt_that_does_not_fit_its_send_changes_nothing(
 
     assert await repository.store_receipt(receipt) is WriteOutcome.REJECTED, why
 
-    assert await repository.get_message(command.message_id) == before
+    assert await repository.get_message(DEVELOPMENT_ACCOUNT_ID, command.message_id) == before
 
 
 async def test_a_receipt_naming_a_message_we_received_changes_nothing(repository: MessageRepository) -> None:
     inbound = message_received(provider_message_id="SM42")
     await repository.store_inbound(inbound)
-    before = await repository.get_message(inbound.message_id)
+    before = await repository.get_message(DEVELOPMENT_ACCOUNT_ID, inbound.message_id)
     receipt = DeliveryReported(
         message_id=inbound.message_id,
         correlation_id=uuid.uuid4(),
@@ -670,7 +679,7 @@ async def test_a_receipt_naming_a_message_we_received_changes_nothing(repository
 
     assert await repository.store_receipt(receipt) is WriteOutcome.REJECTED
 
-    assert await repository.get_message(inbound.message_id) == before
+    assert await repository.get_message(DEVELOPMENT_ACCOUNT_ID, inbound.message_id) == before
 
 
 async def test_a_receipt_that_waited_is_checked_when_the_send_comes_and_dropped_if_it_does_not_fit(
@@ -682,7 +691,7 @@ async def test_a_receipt_that_waited_is_checked_when_the_send_comes_and_dropped_
 
     await _sent(repository, command)
 
-    message = await repository.get_message(command.message_id)
+    message = await repository.get_message(DEVELOPMENT_ACCOUNT_ID, command.message_id)
     assert (message.status, [change.status for change in message.history]) == ("sent", ["queued", "sent"])
     assert await rows(engine, pending_receipts) == []
 
