@@ -11,8 +11,7 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
-from common.settings import DatabaseSettings
-from conversation_service.settings import ConversationSettings
+from conversation_service.settings import ConversationSettings, MigrationSettings
 from email_service.settings import EmailMockBehaviourSettings, EmailMockProviderSettings, EmailSettings
 from gateway.settings import GatewaySettings
 from sms_service.settings import SmsMockBehaviourSettings, SmsMockProviderSettings, SmsSettings
@@ -25,7 +24,7 @@ SETTINGS_OF_MODULE: dict[str, tuple[type[BaseSettings], ...]] = {
     "sms_service": (SmsSettings,),
     "email_service": (EmailSettings,),
     "conversation_service": (ConversationSettings,),
-    "conversation_service.migrate": (DatabaseSettings,),
+    "conversation_service.migrate": (MigrationSettings,),
     "sms_service.mock_provider": (SmsMockProviderSettings, SmsMockBehaviourSettings),
     "email_service.mock_provider": (EmailMockProviderSettings, EmailMockBehaviourSettings),
 }
