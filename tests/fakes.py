@@ -83,6 +83,8 @@ class FakeConversationService:
     def __init__(self, service_token: str, *, development_fallback: bool = True) -> None:
         self.service_token = service_token
         self.development_fallback = development_fallback
+        # Off: an expired key is still vouched for, as a cached answer from before its expiry would be.
+        self.honours_expiry = True
         self.keys: dict[str, KeyIdentity] = {}
         self.owners: dict[str, uuid.UUID] = {}
         self.verifications = 0
@@ -117,7 +119,8 @@ class FakeConversationService:
         self.verifications += 1
         query = KeyVerification.model_validate_json(await request.read())
         identity = self.keys.get(query.key_hash)
-        expired = identity is not None and identity.expires_at is not None and identity.expires_at <= datetime.now(UTC)
+        expires_at = identity.expires_at if identity is not None else None
+        expired = self.honours_expiry and expires_at is not None and expires_at <= datetime.now(UTC)
         if identity is None or expired:
             return web.json_response({"error": "not_found"}, status=404)
         return web.json_response(text=identity.model_dump_json())

@@ -9,7 +9,8 @@ from openapi_spec_validator import validate
 
 from conversation_service.pagination import MAX_BIGINT as MAX_ID
 from gateway.app import create_app
-from gateway.openapi import DOCS_PATH, OPENAPI_PATH
+from gateway.auth import ROUTE_ACCESS
+from gateway.openapi import DOCS_PATH, OPENAPI_PATH, SECURITY_SCHEME
 from gateway.settings import GatewaySettings
 from tests.fakes import MemoryKeyStore, RecordingPublisher
 
@@ -116,3 +117,26 @@ async def test_the_docs_page_renders_the_description(client: TestClient) -> None
     page = await response.text()
     assert f'url: "{OPENAPI_PATH}"' in page
     assert "swagger-ui-bundle.js" in page
+
+
+def test_each_operation_declares_the_scope_its_route_enforces(document: dict[str, Any]) -> None:
+    access = gateway_app()[ROUTE_ACCESS]
+    scheme = document["components"]["securitySchemes"][SECURITY_SCHEME]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+
+    keyed = 0
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            scope = access[path].scope if path in access else None
+            if scope is None:
+                assert operation["security"] == [], path
+                continue
+            keyed += 1
+            assert operation["security"] == [{SECURITY_SCHEME: [scope.value]}], path
+            assert f"`{scope}` scope" in operation["description"], path
+            assert {"401", "403", "429"} <= set(operation["responses"]), path
+            assert "Retry-After" in operation["responses"]["429"]["headers"], path
+    assert keyed == 6
+    assert document["paths"]["/api/messages/sms"]["post"]["security"] == [{SECURITY_SCHEME: ["send"]}]
+    assert document["paths"]["/api/conversations"]["get"]["security"] == [{SECURITY_SCHEME: ["read"]}]
+    assert "415" in document["paths"]["/api/messages/email"]["post"]["responses"]
