@@ -127,12 +127,13 @@ class DatabaseSettings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     database_url: str = secret(
-        "postgresql://messaging_user:messaging_password@127.0.0.1:5432/messaging_service",
-        "PostgreSQL URL of the service's own database",
+        "postgresql://messaging_app:messaging_app_password@127.0.0.1:5432/messaging_service",
+        "PostgreSQL URL of the service's own database, as its runtime role: it reads and writes rows, and "
+        "may not change the schema (DATABASE_OWNER_URL, used by the migrate command, does)",
     )
     database_admin_url: str = Field(
         "postgresql://postgres:postgres@127.0.0.1:5432/postgres",
-        description="A superuser URL, used only by the migrate command to create the role and database",
+        description="A superuser URL, used only by the migrate command to create the roles and database",
     )
     database_pool_size: int = Field(10, ge=1)
 

@@ -1,8 +1,17 @@
-"""The read API: validate the path and query, ask the repository, answer JSON. Errors are raised."""
+"""The read API: validate the path and query, ask the repository, answer JSON. Errors are raised.
+
+Every read acts for the account the gateway names in `X-Account-ID`, having checked the caller's
+key: the repository shows it only that account's conversations and messages.
+"""
+
+import uuid
 
 from aiohttp import web
 from pydantic import BaseModel
 
+from common import context
+from common.accounts import ACCOUNT_HEADER
+from common.errors import InvalidRequest
 from common.http import request_validation
 from conversation_service.models import ConversationList, ConversationPath, MessageList, MessagePath, PageQuery
 from conversation_service.repository import MessageRepository
@@ -10,6 +19,19 @@ from conversation_service.settings import ConversationSettings
 
 SETTINGS = web.AppKey("settings", ConversationSettings)
 REPOSITORY = web.AppKey("repository", MessageRepository)
+
+
+def _account(request: web.Request) -> uuid.UUID:
+    raw = request.headers.get(ACCOUNT_HEADER)
+    try:
+        account = uuid.UUID(raw or "")
+    except ValueError:
+        reason = "missing" if raw is None else "not an account id"
+        raise InvalidRequest(
+            f"{ACCOUNT_HEADER} must name the account the read is for", [{"field": ACCOUNT_HEADER, "reason": reason}]
+        ) from None
+    context.account_id.set(account)
+    return account
 
 
 def _page(request: web.Request) -> tuple[int, str | None]:
@@ -24,23 +46,26 @@ def _json(model: BaseModel) -> web.Response:
 
 
 async def list_conversations(request: web.Request) -> web.Response:
+    account = _account(request)
     limit, cursor = _page(request)
-    page = await request.app[REPOSITORY].list_conversations(limit, cursor)
+    page = await request.app[REPOSITORY].list_conversations(account, limit, cursor)
     return _json(ConversationList(conversations=page.items, next_cursor=page.next_cursor))
 
 
 async def list_messages(request: web.Request) -> web.Response:
+    account = _account(request)
     with request_validation():
         path = ConversationPath.model_validate(request.match_info)
     limit, cursor = _page(request)
-    page = await request.app[REPOSITORY].list_messages(path.conversation_id, limit, cursor)
+    page = await request.app[REPOSITORY].list_messages(account, path.conversation_id, limit, cursor)
     return _json(MessageList(conversation_id=path.conversation_id, messages=page.items, next_cursor=page.next_cursor))
 
 
 async def get_message(request: web.Request) -> web.Response:
+    account = _account(request)
     with request_validation():
         path = MessagePath.model_validate(request.match_info)
-    return _json(await request.app[REPOSITORY].get_message(path.message_id))
+    return _json(await request.app[REPOSITORY].get_message(account, path.message_id))
 
 
 def add_read_routes(app: web.Application) -> None:

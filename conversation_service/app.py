@@ -7,19 +7,24 @@ from common.broker import broker_ctx, consumer_ctx
 from common.contracts import message_event_adapter
 from common.health import READINESS_CHECKS, add_health_routes
 from common.http import error_middleware
+from common.settings import Profile
+from conversation_service.account_routes import ACCOUNT_STORE, add_account_routes
+from conversation_service.accounts import AccountStore
 from conversation_service.api import REPOSITORY, SETTINGS, add_read_routes
 from conversation_service.handlers import EventHandler
 from conversation_service.idempotency import KEY_STORE, IdempotencyKeyStore, add_key_routes, key_purge_ctx
 from conversation_service.repository import MessageRepository
+from conversation_service.service_token import service_token_middleware
 from conversation_service.settings import ConversationSettings
 
 
 def create_app(settings: ConversationSettings, *, repository: MessageRepository | None = None) -> web.Application:
-    """Consumes the conversation queue into PostgreSQL and serves the read API.
+    """Consumes the conversation queue into PostgreSQL and serves the gateway: the read API, the
+    Idempotency-Key store, and who holds a key or owns an address.
 
     Tests pass a fake `repository` to serve the read API alone, with neither database nor broker.
     """
-    app = web.Application(middlewares=[error_middleware])
+    app = web.Application(middlewares=[error_middleware, service_token_middleware(settings.internal_service_token)])
     app[SETTINGS] = settings
     add_health_routes(app)
     if repository is None:
@@ -35,6 +40,7 @@ def create_app(settings: ConversationSettings, *, repository: MessageRepository 
         )
         app.cleanup_ctx.append(key_purge_ctx(settings.idempotency_purge_interval_seconds))
         add_key_routes(app)
+        add_account_routes(app)
     else:
         app[REPOSITORY] = repository
     add_read_routes(app)
@@ -50,6 +56,9 @@ def database_ctx(settings: ConversationSettings) -> Callable[[web.Application], 
                 engine,
                 ttl_seconds=settings.idempotency_key_ttl_seconds,
                 claim_seconds=settings.idempotency_claim_seconds,
+            )
+            app[ACCOUNT_STORE] = AccountStore(
+                engine, development_fallback=settings.messaging_profile is Profile.DEVELOPMENT
             )
             app[READINESS_CHECKS]["database"] = repository.is_available
             yield

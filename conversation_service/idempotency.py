@@ -1,5 +1,7 @@
 """Clients' Idempotency-Keys, kept for every gateway replica: claim a key for a send, report it published.
 
+Keys are per account: two accounts' `order-42` are two keys, and neither ever sees the other's.
+
 A claim is one transaction that locks the key's row, so of any number of requests with one key,
 on any number of gateways, exactly one holds it at a time. The gateway builds each request's
 command with a fresh message id; the stored command is the one every repeat answers with and, if
@@ -52,23 +54,23 @@ class IdempotencyKeyStore:
         except CONNECTION_ERRORS as error:
             raise ServiceUnavailable("the database is unavailable; retry later") from error
 
-    async def mark_published(self, key: str, message_id: uuid.UUID) -> bool:
+    async def mark_published(self, account_id: uuid.UUID, key: str, message_id: uuid.UUID) -> bool:
         """False if the key no longer holds this message (it expired and was used again)."""
         statement = (
             idempotency_keys.update()
-            .where(idempotency_keys.c.key == key, idempotency_keys.c.message_id == message_id)
+            .where(_is_key(account_id, key), idempotency_keys.c.message_id == message_id)
             .values(published_at=sa.func.coalesce(idempotency_keys.c.published_at, sa.func.now()))
         )
         return await self._updated(statement)
 
-    async def release(self, key: str, message_id: uuid.UUID) -> bool:
+    async def release(self, account_id: uuid.UUID, key: str, message_id: uuid.UUID) -> bool:
         """Let the next claim of `key` take it over at once; False if the key holds no such unpublished
         message. Safe even if the publish did reach the broker after all: the repeat publishes the same
         command, and its message id makes that a duplicate downstream."""
         statement = (
             idempotency_keys.update()
             .where(
-                idempotency_keys.c.key == key,
+                _is_key(account_id, key),
                 idempotency_keys.c.message_id == message_id,
                 idempotency_keys.c.published_at.is_(None),
             )
@@ -99,7 +101,7 @@ class IdempotencyKeyStore:
         if row.message_id == command.message_id:
             return KeyClaim(state=ClaimState.CLAIMED, command=command)
         if row.created_at <= row.now - self._ttl:
-            await connection.execute(_take_over(request.key, _new_key_values(request)))
+            await connection.execute(_take_over(request, _new_key_values(request)))
             return KeyClaim(state=ClaimState.CLAIMED, command=command)
         stored = SendMessage.model_validate(row.command)
         if row.request_fingerprint != request.request_fingerprint:
@@ -107,7 +109,7 @@ class IdempotencyKeyStore:
         if row.published_at is not None:
             return KeyClaim(state=ClaimState.PUBLISHED, command=stored)
         if row.claimed_at <= row.now - self._claim:
-            await connection.execute(_take_over(request.key, {"claimed_at": sa.func.now()}))
+            await connection.execute(_take_over(request, {"claimed_at": sa.func.now()}))
             return KeyClaim(state=ClaimState.CLAIMED, command=stored)
         return KeyClaim(state=ClaimState.IN_PROGRESS, command=stored)
 
@@ -129,14 +131,20 @@ def _insert_or_lock(request: KeyClaimRequest) -> sa.sql.Insert:
     The no-op update is what makes a taken key return its row and wait for any other transaction on
     it: ON CONFLICT DO NOTHING would return nothing and lock nothing.
     """
-    insert = pg.insert(idempotency_keys).values(key=request.key, **_new_key_values(request))
+    insert = pg.insert(idempotency_keys).values(
+        account_id=request.command.account_id, key=request.key, **_new_key_values(request)
+    )
     return insert.on_conflict_do_update(
-        index_elements=[idempotency_keys.c.key], set_={"key": insert.excluded.key}
+        index_elements=[idempotency_keys.c.account_id, idempotency_keys.c.key], set_={"key": insert.excluded.key}
     ).returning(*idempotency_keys.c, sa.func.now().label("now"))
 
 
-def _take_over(key: str, values: dict[str, object]) -> sa.sql.Update:
-    return idempotency_keys.update().where(idempotency_keys.c.key == key).values(values)
+def _is_key(account_id: uuid.UUID, key: str) -> sa.sql.ColumnElement:
+    return sa.and_(idempotency_keys.c.account_id == account_id, idempotency_keys.c.key == key)
+
+
+def _take_over(request: KeyClaimRequest, values: dict[str, object]) -> sa.sql.Update:
+    return idempotency_keys.update().where(_is_key(request.command.account_id, request.key)).values(values)
 
 
 KEY_STORE = web.AppKey("idempotency_key_store", IdempotencyKeyStore)
@@ -179,7 +187,7 @@ async def claim_key(request: web.Request) -> web.Response:
 async def mark_published(request: web.Request) -> web.Response:
     with request_validation():
         published = KeyPublished.model_validate_json(await request.read())
-    if not await request.app[KEY_STORE].mark_published(published.key, published.message_id):
+    if not await request.app[KEY_STORE].mark_published(published.account_id, published.key, published.message_id):
         raise NotFound(f"the key holds no message {published.message_id}")
     return web.Response(status=204)
 
@@ -187,7 +195,7 @@ async def mark_published(request: web.Request) -> web.Response:
 async def release_key(request: web.Request) -> web.Response:
     with request_validation():
         released = KeyReleased.model_validate_json(await request.read())
-    if not await request.app[KEY_STORE].release(released.key, released.message_id):
+    if not await request.app[KEY_STORE].release(released.account_id, released.key, released.message_id):
         raise NotFound(f"the key holds no unpublished message {released.message_id}")
     return web.Response(status=204)
 

@@ -113,7 +113,7 @@ class MessageRepository:
 
     async def store_outbound(self, command: SendMessage) -> WriteOutcome:
         entry = _history_entry(command.message_id, MessageStatus.QUEUED, command.occurred_at)
-        message = _message_params(command.message_id, Direction.OUTBOUND, command.content)
+        message = _message_params(command.message_id, command.account_id, Direction.OUTBOUND, command.content)
         return await self._write(lambda connection: _record_message(connection, entry, command.content, message))
 
     async def store_inbound(self, event: MessageReceived) -> WriteOutcome:
@@ -124,7 +124,7 @@ class MessageRepository:
             provider=event.provider,
             provider_message_id=event.provider_message_id,
         )
-        message = _message_params(event.message_id, Direction.INBOUND, event.content)
+        message = _message_params(event.message_id, event.account_id, Direction.INBOUND, event.content)
         return await self._write(lambda connection: _record_message(connection, entry, event.content, message))
 
     async def store_status(self, event: MessageStatusChanged) -> WriteOutcome:
@@ -138,7 +138,7 @@ class MessageRepository:
             error=event.error,
         )
         content = event.command.content
-        message = _message_params(event.message_id, Direction.OUTBOUND, content)
+        message = _message_params(event.message_id, event.command.account_id, Direction.OUTBOUND, content)
         return await self._write(lambda connection: _record_status(connection, entry, content, message))
 
     async def store_receipt(self, event: DeliveryReported) -> WriteOutcome:
@@ -154,7 +154,9 @@ class MessageRepository:
 
     # Reads.
 
-    async def list_conversations(self, limit: int, cursor: str | None = None) -> Page[ConversationView]:
+    async def list_conversations(
+        self, account_id: uuid.UUID, limit: int, cursor: str | None = None
+    ) -> Page[ConversationView]:
         order = (conversations.c.last_message_at.desc(), conversations.c.id.desc())
         query = (
             sa.select(
@@ -163,6 +165,7 @@ class MessageRepository:
                 *(column.label(f"last_{column.name}") for column in _last_message.c),
             )
             .select_from(conversations.outerjoin(_last_message, _last_message.c.id == conversations.c.last_message_id))
+            .where(conversations.c.account_id == account_id)
             .order_by(*order)
             .limit(limit + 1)
         )
@@ -181,10 +184,13 @@ class MessageRepository:
         )
         return Page([_conversation_view(row) for row in page], next_cursor)
 
-    async def list_messages(self, conversation_id: int, limit: int, cursor: str | None = None) -> Page[MessageView]:
+    async def list_messages(
+        self, account_id: uuid.UUID, conversation_id: int, limit: int, cursor: str | None = None
+    ) -> Page[MessageView]:
+        """Another account's conversation is not found, exactly like one that does not exist."""
         query = (
             sa.select(messages)
-            .where(messages.c.conversation_id == conversation_id)
+            .where(messages.c.conversation_id == conversation_id, messages.c.account_id == account_id)
             .order_by(messages.c.timestamp, messages.c.seq)
             .limit(limit + 1)
         )
@@ -195,7 +201,7 @@ class MessageRepository:
         async def fetch(connection: SAConnection) -> list[RowProxy]:
             rows = await _fetch_all(connection, query)
             # Every stored conversation has a message, so only an empty page needs this second look.
-            if not rows and not await _conversation_exists(connection, conversation_id):
+            if not rows and not await _conversation_exists(connection, account_id, conversation_id):
                 raise NotFound(f"conversation {conversation_id} not found")
             return rows
 
@@ -204,13 +210,15 @@ class MessageRepository:
         next_cursor = encode_cursor(MessagePosition(timestamp=page[-1].timestamp, seq=page[-1].seq)) if more else None
         return Page([_message_view(row) for row in page], next_cursor)
 
-    async def get_message(self, message_id: uuid.UUID) -> MessageDetail:
-        """The message and its history, read by one statement so that both come from one snapshot."""
+    async def get_message(self, account_id: uuid.UUID, message_id: uuid.UUID) -> MessageDetail:
+        """The message and its history, read by one statement so that both come from one snapshot.
+
+        Another account's message is not found, exactly like one that does not exist."""
         history = (_history.c.status, _history.c.occurred_at, _history.c.attempts, _history.c.provider_message_id)
         query = (
             sa.select(messages, *(column.label(f"history_{column.name}") for column in (*history, _history.c.error)))
             .select_from(messages.outerjoin(_history, _history.c.message_id == messages.c.id))
-            .where(messages.c.id == message_id)
+            .where(messages.c.id == message_id, messages.c.account_id == account_id)
             # In lifecycle order, not by time alone: providers date receipts on their own clocks, some
             # to the whole second, which could put a `delivered` before the `queued` it followed.
             .order_by(*_SEND_FIRST)
@@ -321,10 +329,20 @@ class _Compiled:
 
 
 _FIND_CONVERSATION = _Compiled.of(
-    sa.select(conversations.c.id).where(conversations.c.participant_key == sa.bindparam("participant_key"))
+    sa.select(conversations.c.id).where(
+        conversations.c.account_id == sa.bindparam("account_id", type_=pg.UUID),
+        conversations.c.participant_key == sa.bindparam("participant_key"),
+    )
 )
+# Per account and participants: creators of one conversation take turns, of different ones do not.
 _LOCK_PARTICIPANT_KEY = _Compiled.of(
-    sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(sa.bindparam("participant_key"), 0)))
+    sa.select(
+        sa.func.pg_advisory_xact_lock(
+            sa.func.hashtextextended(
+                sa.bindparam("account_id", type_=sa.Text) + PARTICIPANT_SEPARATOR + sa.bindparam("participant_key"), 0
+            )
+        )
+    )
 )
 
 
@@ -334,6 +352,7 @@ _LOCK_MESSAGE = sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(sa.bindpa
 _CONTENT_COLUMNS = (
     "id",
     "conversation_id",
+    "account_id",
     "direction",
     "type",
     "from_address",
@@ -393,11 +412,13 @@ def _create_conversation_statement() -> sa.sql.Select:
     the other one committed.
     """
     insert = pg.insert(conversations).values(
-        participant_key=sa.bindparam("participant_key"), last_message_at=sa.bindparam("last_message_at")
+        account_id=sa.bindparam("account_id", type_=pg.UUID),
+        participant_key=sa.bindparam("participant_key"),
+        last_message_at=sa.bindparam("last_message_at"),
     )
     created = (
         insert.on_conflict_do_update(
-            index_elements=[conversations.c.participant_key],
+            index_elements=[conversations.c.account_id, conversations.c.participant_key],
             set_={"participant_key": insert.excluded.participant_key},
         )
         .returning(conversations.c.id)
@@ -506,9 +527,12 @@ def _history_entry(
     }
 
 
-def _message_params(message_id: uuid.UUID, direction: Direction, content: MessageContent) -> dict[str, Any]:
+def _message_params(
+    message_id: uuid.UUID, account_id: uuid.UUID, direction: Direction, content: MessageContent
+) -> dict[str, Any]:
     return {
         "id": str(message_id),
+        "account_id": str(account_id),
         "direction": direction.value,
         "type": content.channel.value,
         "from_address": content.from_address,
@@ -551,7 +575,7 @@ async def _record_receipt(connection: SAConnection, entry: dict[str, Any]) -> Wr
 
 
 async def _store_message(connection: SAConnection, content: MessageContent, message: dict[str, Any]) -> None:
-    conversation_id = await _find_or_create_conversation(connection, content)
+    conversation_id = await _find_or_create_conversation(connection, message["account_id"], content)
     if await _INSERT_MESSAGE.scalar(connection, {**message, "conversation_id": conversation_id}) is None:
         # The message was there after all: committed, since this transaction last looked, by a
         # writer that skipped the message lock. This statement's fresh snapshot sees it.
@@ -562,9 +586,11 @@ async def _refresh_status(connection: SAConnection, message_id: str) -> uuid.UUI
     return await _REFRESH_STATUS.scalar(connection, {"message_id": message_id})
 
 
-async def _find_or_create_conversation(connection: SAConnection, content: MessageContent) -> int:
+async def _find_or_create_conversation(connection: SAConnection, account_id: str, content: MessageContent) -> int:
+    """Conversations group by participants within their account: the same two addresses in two
+    accounts are two conversations."""
     participants = participants_of(content)
-    key = {"participant_key": participant_key(participants)}
+    key = {"account_id": account_id, "participant_key": participant_key(participants)}
     conversation_id = await _FIND_CONVERSATION.scalar(connection, key)
     if conversation_id is not None:
         return conversation_id
@@ -593,8 +619,10 @@ async def _fetch_all(connection: SAConnection, query: sa.sql.Select) -> list[Row
     return await result.fetchall()
 
 
-async def _conversation_exists(connection: SAConnection, conversation_id: int) -> bool:
-    query = sa.select(conversations.c.id).where(conversations.c.id == conversation_id)
+async def _conversation_exists(connection: SAConnection, account_id: uuid.UUID, conversation_id: int) -> bool:
+    query = sa.select(conversations.c.id).where(
+        conversations.c.id == conversation_id, conversations.c.account_id == account_id
+    )
     return await connection.scalar(query) is not None
 
 

@@ -16,11 +16,48 @@ metadata = sa.MetaData(
     }
 )
 
+accounts = sa.Table(
+    "accounts",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True, server_default=sa.text("gen_random_uuid()")),
+    sa.Column("name", sa.Text, nullable=False, unique=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+account_addresses = sa.Table(
+    "account_addresses",
+    metadata,
+    sa.Column("address", sa.Text, primary_key=True),
+    sa.Column(
+        "account_id", UUID(as_uuid=True), sa.ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False, index=True
+    ),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("prefix", sa.Text, primary_key=True),
+    sa.Column("key_hash", sa.Text, nullable=False, unique=True),
+    sa.Column(
+        "account_id", UUID(as_uuid=True), sa.ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False, index=True
+    ),
+    sa.Column("scopes", ARRAY(sa.Text), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
+    sa.CheckConstraint(
+        "cardinality(scopes) > 0 AND scopes <@ ARRAY['send', 'read']::text[]", name="ck_api_keys_scopes"
+    ),
+)
+
 conversations = sa.Table(
     "conversations",
     metadata,
     sa.Column("id", sa.BigInteger, sa.Identity(always=False), primary_key=True),
-    sa.Column("participant_key", sa.Text, nullable=False, unique=True),
+    sa.Column("account_id", UUID(as_uuid=True), sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("participant_key", sa.Text, nullable=False),
     sa.Column("channels", ARRAY(sa.Text), nullable=False, server_default=sa.text("'{}'")),
     sa.Column("message_count", sa.Integer, nullable=False, server_default=sa.text("0")),
     # use_alter: conversations and messages refer to each other, so this key is added after both exist.
@@ -33,7 +70,8 @@ conversations = sa.Table(
     sa.Column("last_message_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
-    sa.Index("ix_conversations_activity", sa.text("last_message_at DESC"), sa.text("id DESC")),
+    sa.UniqueConstraint("account_id", "participant_key"),
+    sa.Index("ix_conversations_account_activity", "account_id", sa.text("last_message_at DESC"), sa.text("id DESC")),
 )
 
 conversation_participants = sa.Table(
@@ -57,6 +95,7 @@ messages = sa.Table(
         sa.ForeignKey("conversations.id", ondelete="CASCADE"),
         nullable=False,
     ),
+    sa.Column("account_id", UUID(as_uuid=True), sa.ForeignKey("accounts.id"), nullable=False),
     sa.Column("direction", sa.Text, nullable=False),
     sa.Column("type", sa.Text, nullable=False),
     sa.Column("from_address", sa.Text, nullable=False),
@@ -98,6 +137,7 @@ message_status_history = sa.Table(
 idempotency_keys = sa.Table(
     "idempotency_keys",
     metadata,
+    sa.Column("account_id", UUID(as_uuid=True), sa.ForeignKey("accounts.id"), primary_key=True),
     sa.Column("key", sa.Text, primary_key=True),
     sa.Column("request_fingerprint", sa.Text, nullable=False),
     sa.Column("message_id", UUID(as_uuid=True), nullable=False),

@@ -2,7 +2,7 @@ from typing import Self
 
 from pydantic import Field, model_validator
 
-from common.settings import DatabaseSettings, ServiceSettings, ServiceTokenSettings
+from common.settings import DatabaseSettings, ProcessSettings, ServiceSettings, ServiceTokenSettings, secret
 
 
 class ConversationSettings(ServiceSettings, DatabaseSettings, ServiceTokenSettings):
@@ -33,3 +33,13 @@ class ConversationSettings(ServiceSettings, DatabaseSettings, ServiceTokenSettin
         if self.default_page_size > self.max_page_size:
             raise ValueError("default_page_size must not exceed max_page_size")
         return self
+
+
+class MigrationSettings(ProcessSettings, DatabaseSettings):
+    """What the migrate command needs: it alone changes the schema, as the database's owner, and lets
+    `database_url`'s role (the services' and bin/admin's) read and write the tables, nothing more."""
+
+    database_owner_url: str = secret(
+        "postgresql://messaging_user:messaging_password@127.0.0.1:5432/messaging_service",
+        "PostgreSQL URL of the role that owns the database and runs the migrations; the services never use it",
+    )

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, ClassVar, Literal
 
-import phonenumbers
-from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
     AliasChoices,
@@ -28,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from common.addresses import normalize_email, normalize_phone
 from common.contracts import EMAIL_PROVIDER, SMS_PROVIDER, Channel, MessageContent, MessageStatus, utcnow
 
 
@@ -48,21 +47,7 @@ def _rules(info: ValidationInfo) -> ValidationRules:
 
 
 def _normalize_phone(value: str, info: ValidationInfo) -> str:
-    try:
-        number = phonenumbers.parse(value, _rules(info).default_phone_region)
-    except phonenumbers.NumberParseException as error:
-        raise ValueError(f"not a phone number ({error})") from error
-    if not phonenumbers.is_valid_number(number):
-        raise ValueError("not a valid phone number")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-
-
-def _normalize_email(value: str) -> str:
-    try:
-        address = validate_email(value, check_deliverability=False)
-    except EmailNotValidError as error:
-        raise ValueError(f"not a valid email address ({error})") from error
-    return address.normalized.lower()
+    return normalize_phone(value, _rules(info).default_phone_region)
 
 
 def _reject_nul(value: str) -> str:
@@ -112,7 +97,7 @@ PhoneNumber = Annotated[
 EmailAddress = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=3, max_length=320),
-    AfterValidator(_normalize_email),
+    AfterValidator(normalize_email),
     Field(
         description="An email address, stored lower-cased",
         examples=["contact@gmail.com"],

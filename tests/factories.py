@@ -14,7 +14,7 @@ from aiohttp import web
 from pydantic_settings import BaseSettings
 from yarl import URL
 
-from common.accounts import DEVELOPMENT_ACCOUNT_ID
+from common.accounts import ACCOUNT_HEADER, DEVELOPMENT_ACCOUNT_ID
 from common.contracts import (
     EMAIL_PROVIDER,
     SMS_PROVIDER,
@@ -27,7 +27,7 @@ from common.contracts import (
     SendMessage,
     inbound_message_id,
 )
-from common.settings import Profile
+from common.settings import Profile, ServiceTokenSettings
 
 OUR_PHONE = "+12016661234"
 THEIR_PHONE = "+18045551234"
@@ -53,6 +53,17 @@ EMAIL_REQUEST: dict[str, Any] = {
     "attachments": ["https://example.com/document.pdf"],
     "timestamp": "2024-11-01T14:00:00Z",
 }
+
+
+def gateway_headers(account_id: uuid.UUID | None = DEVELOPMENT_ACCOUNT_ID, token: str | None = None) -> dict[str, str]:
+    """What the gateway sends conversation_service: its service token (the settings' default unless
+    given), and for a read, the account it is for."""
+    if token is None:
+        token = ServiceTokenSettings.model_fields["internal_service_token"].default
+    headers = {"Authorization": f"Bearer {token}"}
+    if account_id is not None:
+        headers[ACCOUNT_HEADER] = str(account_id)
+    return headers
 
 
 def _addresses(channel: Channel) -> tuple[str, str]:

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from aiopg.sa import Engine, create_engine
 from psycopg2.extensions import make_dsn, parse_dsn
 
+from common.accounts import DEVELOPMENT_ACCOUNT_ID
 from common.contracts import (
     Channel,
     DeliveryReported,
@@ -23,11 +24,11 @@ from common.contracts import (
     SendMessage,
 )
 from common.errors import InvalidRequest, NotFound, ServiceUnavailable
-from common.settings import DatabaseSettings
 from conversation_service.handlers import WriteOutcome
-from conversation_service.migrate import create_role_and_database, drop_database
+from conversation_service.migrate import create_roles_and_database, drop_database
 from conversation_service.repository import MessageRepository
 from conversation_service.schema import conversation_participants, conversations, message_status_history, messages
+from conversation_service.settings import MigrationSettings
 from tests.factories import (
     OUR_PHONE,
     START,
@@ -100,6 +101,7 @@ async def test_a_send_is_stored_queued_in_a_new_conversation(repository: Message
         "id": command.message_id,
         "seq": None,
         "conversation_id": 1,
+        "account_id": DEVELOPMENT_ACCOUNT_ID,
         "direction": "outbound",
         "type": "mms",
         "from_address": OUR_PHONE,
@@ -144,7 +146,7 @@ async def test_both_directions_share_one_conversation_and_another_pair_gets_the_
     await repository.store_outbound(send_message(Channel.MMS, at=START + timedelta(minutes=2)))
     await repository.store_outbound(send_message(to_address="+13125550000", at=START + timedelta(minutes=3)))
 
-    page = await repository.list_conversations(limit=10)
+    page = await repository.list_conversations(DEVELOPMENT_ACCOUNT_ID, limit=10)
 
     assert [(c.id, c.participants, c.channels, c.message_count) for c in page.items] == [
         (2, ["+12016661234", "+13125550000"], ["sms"], 1),
@@ -242,7 +244,7 @@ async def test_the_latest_message_is_the_one_with_the_latest_timestamp_not_the_l
     await repository.store_outbound(newer)
     await repository.store_outbound(send_message(at=START, body="older"))
 
-    (conversation,) = (await repository.list_conversations(limit=10)).items
+    (conversation,) = (await repository.list_conversations(DEVELOPMENT_ACCOUNT_ID, limit=10)).items
 
     assert conversation.message_count == 2
     assert conversation.last_message is not None and conversation.last_message.id == newer.message_id
@@ -282,7 +284,7 @@ async def test_messages_page_through_oldest_first_each_exactly_once(repository: 
     cursor: str | None = None
     pages = 0
     while True:
-        page = await repository.list_messages(1, limit=3, cursor=cursor)
+        page = await repository.list_messages(DEVELOPMENT_ACCOUNT_ID, 1, limit=3, cursor=cursor)
         seen += [message.id for message in page.items]
         pages += 1
         if page.next_cursor is None:
@@ -303,9 +305,9 @@ async def test_conversations_page_through_latest_activity_first_each_exactly_onc
         # Two conversations share a latest time: the id orders them.
         await repository.store_outbound(send_message(to_address=partner, at=START + timedelta(minutes=min(i, 3))))
 
-    first = await repository.list_conversations(limit=2)
-    second = await repository.list_conversations(limit=2, cursor=first.next_cursor)
-    third = await repository.list_conversations(limit=2, cursor=second.next_cursor)
+    first = await repository.list_conversations(DEVELOPMENT_ACCOUNT_ID, limit=2)
+    second = await repository.list_conversations(DEVELOPMENT_ACCOUNT_ID, limit=2, cursor=first.next_cursor)
+    third = await repository.list_conversations(DEVELOPMENT_ACCOUNT_ID, limit=2, cursor=second.next_cursor)
 
     assert [c.id for c in first.items + second.items + third.items] == [5, 4, 3, 2, 1]
     assert third.next_cursor is None
@@ -315,11 +317,11 @@ async def test_reading_what_is_not_there(repository: MessageRepository) -> None:
     await repository.store_outbound(send_message())
 
     with pytest.raises(NotFound):
-        await repository.list_messages(2, limit=10)
+        await repository.list_messages(DEVELOPMENT_ACCOUNT_ID, 2, limit=10)
     with pytest.raises(NotFound):
-        await repository.get_message(uuid.uuid4())
+        await repository.get_message(DEVELOPMENT_ACCOUNT_ID, uuid.uuid4())
     with pytest.raises(InvalidRequest):
-        await repository.list_messages(1, limit=10, cursor="bogus")
+        await repository.list_messages(DEVELOPMENT_ACCOUNT_ID, 1, limit=10, cursor="bogus")
 
 
 def drop_connections_of(database_url: str) -> None:
@@ -343,7 +345,7 @@ async def test_a_write_survives_the_database_dropping_its_connections(
     command = send_message(at=START + timedelta(minutes=1))
     assert await repository.store_outbound(command) is WriteOutcome.CHANGED
 
-    assert (await repository.get_message(command.message_id)).status == "queued"
+    assert (await repository.get_message(DEVELOPMENT_ACCOUNT_ID, command.message_id)).status == "queued"
 
 
 async def test_a_read_survives_the_database_dropping_its_connections(
@@ -353,24 +355,27 @@ async def test_a_read_survives_the_database_dropping_its_connections(
     await repository.store_outbound(command)
     drop_connections_of(database_url)
 
-    assert (await repository.get_message(command.message_id)).id == command.message_id
+    assert (await repository.get_message(DEVELOPMENT_ACCOUNT_ID, command.message_id)).id == command.message_id
 
 
 async def test_a_database_that_stays_away_is_service_unavailable_for_reads_and_waited_out_by_writes(
-    database_settings: DatabaseSettings,
+    database_settings: MigrationSettings,
 ) -> None:
     # A database of this test's own, dropped under the pool: no other test loses its connections.
-    dsn = parse_dsn(database_settings.database_url)
+    gone = f"{parse_dsn(database_settings.database_url)['dbname']}_gone_{uuid.uuid4().hex[:8]}"
     doomed = database_settings.model_copy(
-        update={"database_url": make_dsn(**{**dsn, "dbname": f"{dsn['dbname']}_gone_{uuid.uuid4().hex[:8]}"})}
+        update={
+            name: make_dsn(**{**parse_dsn(getattr(database_settings, name)), "dbname": gone})
+            for name in ("database_url", "database_owner_url")
+        }
     )
-    create_role_and_database(doomed)
+    create_roles_and_database(doomed)
     async with create_engine(doomed.database_url) as engine:
         repository = MessageRepository(engine, retry_max_interval=0.05, read_retry_seconds=0.3)
         drop_database(doomed)
 
         with pytest.raises(ServiceUnavailable):
-            await repository.list_conversations(limit=10)
+            await repository.list_conversations(DEVELOPMENT_ACCOUNT_ID, limit=10)
         # The consumer holds the message unacked meanwhile: a nack would count toward the queue's
         # delivery limit, and a long outage would dead-letter good events.
         write = asyncio.create_task(repository.store_outbound(send_message()))
@@ -393,6 +398,7 @@ async def test_a_status_racing_its_send_into_the_database_is_not_lost(
             messages.insert().values(
                 id=command.message_id,
                 conversation_id=1,
+                account_id=command.account_id,
                 direction="outbound",
                 type="sms",
                 from_address=OUR_PHONE,
@@ -459,7 +465,7 @@ async def test_every_arrival_order_ends_delivered_with_the_full_history(
     # Only a receipt that arrives before anything else of its message waits for it.
     awaiting = [WriteOutcome.AWAITING_MESSAGE] if order[0] == "delivered" else [WriteOutcome.CHANGED]
     assert outcomes == awaiting + [WriteOutcome.CHANGED] * 2
-    message = await repository.get_message(command.message_id)
+    message = await repository.get_message(DEVELOPMENT_ACCOUNT_ID, command.message_id)
     assert (message.status, message.attempts, message.provider, message.provider_message_id, message.last_error) == (
         "delivered",
         2,
@@ -490,7 +496,7 @@ async def test_a_receipt_for_a_message_never_stored_stays_in_the_history_only(
     (entry,) = await rows(engine, message_status_history)
     assert (entry["message_id"], entry["status"], entry["error"]) == (receipt.message_id, "failed", "error 30003")
     with pytest.raises(NotFound):
-        await repository.get_message(receipt.message_id)
+        await repository.get_message(DEVELOPMENT_ACCOUNT_ID, receipt.message_id)
 
 
 async def test_a_failed_receipt_after_sent_fails_the_message_and_keeps_the_sends_attempts(

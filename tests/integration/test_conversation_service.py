@@ -16,7 +16,15 @@ from common.broker import BROKER, Topology
 from common.contracts import Channel, MessageStatus
 from conversation_service.app import create_app
 from conversation_service.settings import ConversationSettings
-from tests.factories import START, delivery_reported, eventually, message_received, send_message, status_changed
+from tests.factories import (
+    START,
+    delivery_reported,
+    eventually,
+    gateway_headers,
+    message_received,
+    send_message,
+    status_changed,
+)
 from tests.proxy import PauseMode, ProxyFactory
 
 pytestmark = pytest.mark.integration
@@ -44,7 +52,7 @@ async def client(
         default_page_size=2,
         shutdown_grace_seconds=2.0,
     )
-    return await aiohttp_client(create_app(settings))
+    return await aiohttp_client(create_app(settings), headers=gateway_headers())
 
 
 async def test_the_service_is_ready_once_broker_and_database_are_up(client: TestClient) -> None:

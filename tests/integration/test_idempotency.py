@@ -24,7 +24,7 @@ from gateway.app import create_app as create_gateway_app
 from gateway.handlers import request_fingerprint
 from gateway.requests import send_request_adapter
 from gateway.settings import GatewaySettings
-from tests.factories import eventually
+from tests.factories import eventually, gateway_headers
 
 pytestmark = pytest.mark.integration
 
@@ -201,7 +201,9 @@ async def test_a_claim_whose_gateway_died_before_publishing_is_taken_over(
         key=KEY["Idempotency-Key"], request_fingerprint=request_fingerprint(request), command=orphan
     )
     async with gateway.session.post(
-        conversation.make_url(CLAIM_PATH), data=claim.model_dump_json(), headers={"Content-Type": "application/json"}
+        conversation.make_url(CLAIM_PATH),
+        data=claim.model_dump_json(),
+        headers={"Content-Type": "application/json", **gateway_headers(account_id=None)},
     ) as claimed:
         assert KeyClaim.model_validate_json(await claimed.read()).state is ClaimState.CLAIMED
 
@@ -235,14 +237,14 @@ async def test_a_released_claim_is_taken_over_at_once_and_a_published_one_cannot
         store = IdempotencyKeyStore(engine, ttl_seconds=24 * 3600, claim_seconds=60)
         assert (await store.claim(claim_with(first))).state is ClaimState.CLAIMED
         assert (await store.claim(claim_with(repeat))).state is ClaimState.IN_PROGRESS
-        assert await store.release("order-7", repeat.message_id) is False
-        assert await store.release("order-7", first.message_id) is True
+        assert await store.release(DEVELOPMENT_ACCOUNT_ID, "order-7", repeat.message_id) is False
+        assert await store.release(DEVELOPMENT_ACCOUNT_ID, "order-7", first.message_id) is True
 
         taken_over = await store.claim(claim_with(repeat))
 
         assert (taken_over.state, taken_over.command) == (ClaimState.CLAIMED, first)
-        assert await store.mark_published("order-7", first.message_id) is True
-        assert await store.release("order-7", first.message_id) is False
+        assert await store.mark_published(DEVELOPMENT_ACCOUNT_ID, "order-7", first.message_id) is True
+        assert await store.release(DEVELOPMENT_ACCOUNT_ID, "order-7", first.message_id) is False
         assert (await store.claim(claim_with(repeat))).state is ClaimState.PUBLISHED
 
 

@@ -1,4 +1,5 @@
-"""The read API with a fake repository: validation, error answers and the exact JSON clients get."""
+"""The read API with a fake repository: validation, error answers, the exact JSON clients get, the
+account each read is for, and the service token that guards every route but the health checks."""
 
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
@@ -7,6 +8,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from common.accounts import ACCOUNT_HEADER
 from common.errors import NotFound
 from conversation_service.app import create_app
 from conversation_service.models import ConversationView, MessageDetail, MessageView, Page, StatusChange
@@ -80,18 +82,22 @@ class FakeRepository:
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
 
-    async def list_conversations(self, limit: int, cursor: str | None = None) -> Page[ConversationView]:
-        self.calls.append(("list_conversations", limit, cursor))
+    async def list_conversations(
+        self, account_id: uuid.UUID, limit: int, cursor: str | None = None
+    ) -> Page[ConversationView]:
+        self.calls.append(("list_conversations", account_id, limit, cursor))
         return Page([CONVERSATION], "next-page")
 
-    async def list_messages(self, conversation_id: int, limit: int, cursor: str | None = None) -> Page[MessageView]:
-        self.calls.append(("list_messages", conversation_id, limit, cursor))
+    async def list_messages(
+        self, account_id: uuid.UUID, conversation_id: int, limit: int, cursor: str | None = None
+    ) -> Page[MessageView]:
+        self.calls.append(("list_messages", account_id, conversation_id, limit, cursor))
         if conversation_id != 1:
             raise NotFound(f"conversation {conversation_id} not found")
         return Page([MESSAGE], None)
 
-    async def get_message(self, message_id: uuid.UUID) -> MessageDetail:
-        self.calls.append(("get_message", message_id))
+    async def get_message(self, account_id: uuid.UUID, message_id: uuid.UUID) -> MessageDetail:
+        self.calls.append(("get_message", account_id, message_id))
         if message_id != MESSAGE.id:
             raise NotFound(f"message {message_id} not found")
         return DETAIL
@@ -102,10 +108,27 @@ def repository() -> FakeRepository:
     return FakeRepository()
 
 
+ACCOUNT = uuid.UUID("3b241101-e2bb-4255-8caf-4136c566a962")
+TOKEN = "a-token-of-this-test-only"
+# What the gateway sends with every read.
+GATEWAY_HEADERS = {"Authorization": f"Bearer {TOKEN}", ACCOUNT_HEADER: str(ACCOUNT)}
+
+
 @pytest.fixture
-async def client(aiohttp_client: Any, repository: FakeRepository) -> TestClient:
-    settings = ConversationSettings(default_page_size=20, max_page_size=50)
-    return await aiohttp_client(create_app(settings, repository=repository))  # type: ignore[arg-type]
+def app(repository: FakeRepository) -> Any:
+    settings = ConversationSettings(default_page_size=20, max_page_size=50, internal_service_token=TOKEN)
+    return create_app(settings, repository=repository)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, app: Any) -> TestClient:
+    return await aiohttp_client(app, headers=GATEWAY_HEADERS)
+
+
+@pytest.fixture
+async def stranger(aiohttp_client: Any, app: Any) -> TestClient:
+    """A caller with no headers of its own."""
+    return await aiohttp_client(app)
 
 
 async def test_conversations_list_in_the_documented_shape(client: TestClient, repository: FakeRepository) -> None:
@@ -126,7 +149,7 @@ async def test_conversations_list_in_the_documented_shape(client: TestClient, re
         ],
         "next_cursor": "next-page",
     }
-    assert repository.calls == [("list_conversations", 20, None)]
+    assert repository.calls == [("list_conversations", ACCOUNT, 20, None)]
 
 
 async def test_a_conversations_messages_in_the_documented_shape(client: TestClient, repository: FakeRepository) -> None:
@@ -134,7 +157,7 @@ async def test_a_conversations_messages_in_the_documented_shape(client: TestClie
 
     assert response.status == 200
     assert await response.json() == {"conversation_id": 1, "messages": [MESSAGE_JSON], "next_cursor": None}
-    assert repository.calls == [("list_messages", 1, 50, "abc")]
+    assert repository.calls == [("list_messages", ACCOUNT, 1, 50, "abc")]
 
 
 async def test_one_message_with_its_history_oldest_first(client: TestClient, repository: FakeRepository) -> None:
@@ -160,7 +183,7 @@ async def test_one_message_with_its_history_oldest_first(client: TestClient, rep
             },
         ],
     }
-    assert repository.calls == [("get_message", MESSAGE.id)]
+    assert repository.calls == [("get_message", ACCOUNT, MESSAGE.id)]
 
 
 @pytest.mark.parametrize("conversation_id", ["abc", "0", "-1", "1.5", "99999999999999999999", "9223372036854775808"])
@@ -210,3 +233,57 @@ async def test_unknown_conversation_and_message_are_404s(client: TestClient) -> 
     assert (await conversation.json())["error"] == "not_found"
     assert message.status == 404
     assert (await message.json())["error"] == "not_found"
+
+
+READS = ["/conversations", "/conversations/1/messages", f"/messages/{MESSAGE.id}"]
+
+
+@pytest.mark.parametrize("path", READS)
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "", f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}", TOKEN, f"Basic {TOKEN}", "Bearer \u00e9t\u00e9"],
+)
+async def test_a_call_without_the_service_token_is_a_401_and_reads_nothing(
+    stranger: TestClient, repository: FakeRepository, path: str, authorization: str | None
+) -> None:
+    headers = {ACCOUNT_HEADER: str(ACCOUNT)}
+    if authorization is not None:
+        headers["Authorization"] = authorization
+
+    response = await stranger.get(path, headers=headers)
+
+    assert response.status == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert (await response.json())["error"] == "unauthorized"
+    assert repository.calls == []
+
+
+async def test_an_unknown_route_without_the_token_is_a_401_too(stranger: TestClient) -> None:
+    response = await stranger.post("/internal/keys/verify", json={"key_hash": "0" * 64})
+
+    assert response.status == 401
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+async def test_health_checks_need_no_token(stranger: TestClient, path: str) -> None:
+    response = await stranger.get(path)
+
+    assert response.status == 200
+
+
+@pytest.mark.parametrize("path", READS)
+@pytest.mark.parametrize(
+    ("account", "reason"), [(None, "missing"), ("", "not an account id"), ("42", "not an account id")]
+)
+async def test_a_read_that_names_no_account_is_a_422_naming_the_header(
+    stranger: TestClient, repository: FakeRepository, path: str, account: str | None, reason: str
+) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    if account is not None:
+        headers[ACCOUNT_HEADER] = account
+
+    response = await stranger.get(path, headers=headers)
+
+    assert response.status == 422
+    assert (await response.json())["details"] == [{"field": ACCOUNT_HEADER, "reason": reason}]
+    assert repository.calls == []

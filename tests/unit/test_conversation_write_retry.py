@@ -10,6 +10,7 @@ from typing import Any
 import psycopg2
 import pytest
 
+from common.accounts import DEVELOPMENT_ACCOUNT_ID
 from common.errors import ServiceUnavailable
 from conversation_service.handlers import WriteOutcome
 from conversation_service.idempotency import purge_expired_keys_every
@@ -142,7 +143,7 @@ async def test_a_read_gives_up_with_service_unavailable() -> None:
     engine = OutageEngine()
 
     with pytest.raises(ServiceUnavailable):
-        await repository_on(engine).list_conversations(limit=10)
+        await repository_on(engine).list_conversations(DEVELOPMENT_ACCOUNT_ID, limit=10)
 
     assert engine.attempts > 1
 
