@@ -12,8 +12,7 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
-from common.settings import DatabaseSettings
-from conversation_service.settings import ConversationSettings
+from conversation_service.settings import ConversationSettings, MigrationSettings
 from email_service.settings import EmailMockBehaviourSettings, EmailMockProviderSettings, EmailSettings
 from gateway.settings import GatewaySettings
 from sms_service.settings import SmsMockBehaviourSettings, SmsMockProviderSettings, SmsSettings
@@ -26,7 +25,7 @@ SETTINGS_OF_MODULE: dict[str, tuple[type[BaseSettings], ...]] = {
     "sms_service": (SmsSettings,),
     "email_service": (EmailSettings,),
     "conversation_service": (ConversationSettings,),
-    "conversation_service.migrate": (DatabaseSettings,),
+    "conversation_service.migrate": (MigrationSettings,),
     "sms_service.mock_provider": (SmsMockProviderSettings, SmsMockBehaviourSettings),
     "email_service.mock_provider": (EmailMockProviderSettings, EmailMockBehaviourSettings),
 }
@@ -155,7 +154,13 @@ def test_every_credential_is_a_required_variable_listed_in_env_example(compose_t
     listed = env_example()
     required = {name for name, rule in variables.items() if rule == ":?"}
 
-    assert {"POSTGRES_PASSWORD", "DATABASE_PASSWORD", "RABBITMQ_USER", "RABBITMQ_PASSWORD"} <= required
+    assert {
+        "POSTGRES_PASSWORD",
+        "DATABASE_PASSWORD",
+        "DATABASE_OWNER_PASSWORD",
+        "RABBITMQ_USER",
+        "RABBITMQ_PASSWORD",
+    } <= required
     assert "INTERNAL_SERVICE_TOKEN" in required
     assert set(variables) <= set(listed), set(variables) - set(listed)
     # A required variable has no value to copy unless it is a setting, whose default production refuses.
@@ -180,10 +185,9 @@ def test_the_services_use_a_rabbitmq_user_of_their_own(compose: dict[str, Any]) 
 
 def test_every_service_runs_in_the_production_profile(compose: dict[str, Any]) -> None:
     for name, service in python_services(compose).items():
-        if module_of(service["command"]) == "conversation_service.migrate":
-            continue
         assert service["environment"]["MESSAGING_PROFILE"] == "production", name
-        assert service["environment"]["BIND_HOST"] == "0.0.0.0", name
+        if module_of(service["command"]) != "conversation_service.migrate":
+            assert service["environment"]["BIND_HOST"] == "0.0.0.0", name
 
 
 def test_the_development_dependencies_are_published_on_loopback_only() -> None:
