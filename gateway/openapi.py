@@ -19,6 +19,7 @@ from pydantic.json_schema import JsonSchemaMode
 from common.accounts import Scope
 from common.http import ErrorBody
 from common.idempotency import MAX_IDEMPOTENCY_KEY_LENGTH
+from common.settings import Profile
 from conversation_service.models import (
     ConversationList,
     ConversationPath,
@@ -217,9 +218,10 @@ def _read(summary: str, description: str, answer: str, parameters: Iterable[Json
 _SCOPE_USE = {Scope.SEND: "the send routes", Scope.READ: "the read routes"}
 
 
-def _secure(operation: JsonObject, access: Access) -> None:
+def _secure(operation: JsonObject, access: Access, profile: Profile) -> None:
     """The operation's security as its route declared it, in the description too (not every viewer
-    shows the requirement's scopes)."""
+    shows the requirement's scopes). In the development profile a request without a key is answered
+    too, and the description says so: `{}` is OpenAPI's "no credentials" alternative."""
     if access.scope is None:
         operation["security"] = []
         if access.provider:
@@ -229,6 +231,8 @@ def _secure(operation: JsonObject, access: Access) -> None:
         return
     scope = access.scope
     operation["security"] = [{SECURITY_SCHEME: [scope.value]}]
+    if profile is Profile.DEVELOPMENT:
+        operation["security"].append({})
     operation["description"] = (
         f"{operation.get('description', '')} Needs an API key with the `{scope}` scope (`Authorization: Bearer <key>`)."
     ).strip()
@@ -397,7 +401,7 @@ def openapi_document(settings: GatewaySettings, route_access: dict[str, Access])
     }
     for path, operations in paths.items():
         for operation in operations.values():
-            _secure(operation, route_access.get(path, OPEN))
+            _secure(operation, route_access.get(path, OPEN), settings.messaging_profile)
     components = _components()
     components["securitySchemes"] = {
         SECURITY_SCHEME: {

@@ -12,6 +12,7 @@ from gateway.app import create_app
 from gateway.auth import ROUTE_ACCESS
 from gateway.openapi import DOCS_PATH, OPENAPI_PATH, SECURITY_SCHEME
 from gateway.settings import GatewaySettings
+from tests.factories import production_settings
 from tests.fakes import MemoryKeyStore, RecordingPublisher
 
 SETTINGS = GatewaySettings(conversation_service_url="http://127.0.0.1:1", sms_body_max_chars=160)
@@ -132,11 +133,21 @@ def test_each_operation_declares_the_scope_its_route_enforces(document: dict[str
                 assert operation["security"] == [], path
                 continue
             keyed += 1
-            assert operation["security"] == [{SECURITY_SCHEME: [scope.value]}], path
+            # The development profile's gateway also answers without a key: `{}`, no credentials.
+            assert operation["security"] == [{SECURITY_SCHEME: [scope.value]}, {}], path
             assert f"`{scope}` scope" in operation["description"], path
             assert {"401", "403", "429"} <= set(operation["responses"]), path
             assert "Retry-After" in operation["responses"]["429"]["headers"], path
     assert keyed == 6
+    assert "415" in document["paths"]["/api/messages/email"]["post"]["responses"]
+
+
+async def test_in_production_every_keyed_operation_requires_its_key(aiohttp_client: Any) -> None:
+    settings = production_settings(GatewaySettings, conversation_service_url="http://127.0.0.1:1")
+    client = await aiohttp_client(create_app(settings, publisher=RecordingPublisher(), key_store=MemoryKeyStore()))
+    document = await (await client.get(OPENAPI_PATH)).json()
+
+    validate(document)
     assert document["paths"]["/api/messages/sms"]["post"]["security"] == [{SECURITY_SCHEME: ["send"]}]
     assert document["paths"]["/api/conversations"]["get"]["security"] == [{SECURITY_SCHEME: ["read"]}]
-    assert "415" in document["paths"]["/api/messages/email"]["post"]["responses"]
+    assert document["paths"]["/api/webhooks/sms"]["post"]["security"] == []
