@@ -5,6 +5,7 @@ answer with `common.accounts`' contract, and 404 when the answer is nobody.
 """
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from common.accounts import (
     ADDRESS_OWNER_PATH,
@@ -23,20 +24,21 @@ ACCOUNT_STORE = web.AppKey("account_store", AccountStore)
 async def verify_key(request: web.Request) -> web.Response:
     with request_validation():
         verification = KeyVerification.model_validate_json(await request.read())
-    identity = await request.app[ACCOUNT_STORE].verify_key(verification.key_hash)
-    if identity is None:
-        # One answer for unknown, revoked and expired: the caller learns nothing about other keys.
-        raise NotFound("no usable key has this hash")
-    return web.json_response(text=identity.model_dump_json())
+    # One answer for unknown, revoked and expired: the caller learns nothing about other keys.
+    return _found(await request.app[ACCOUNT_STORE].verify_key(verification.key_hash), "no usable key has this hash")
 
 
 async def address_owner(request: web.Request) -> web.Response:
     with request_validation():
         query = AddressOwnerQuery.model_validate_json(await request.read())
     owner = await request.app[ACCOUNT_STORE].address_owner(query.address)
-    if owner is None:
-        raise NotFound("no account owns this address")
-    return web.json_response(text=AddressOwner(account_id=owner).model_dump_json())
+    return _found(None if owner is None else AddressOwner(account_id=owner), "no account owns this address")
+
+
+def _found(answer: BaseModel | None, missing: str) -> web.Response:
+    if answer is None:
+        raise NotFound(missing)
+    return web.json_response(text=answer.model_dump_json())
 
 
 def add_account_routes(app: web.Application) -> None:

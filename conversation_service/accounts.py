@@ -136,11 +136,14 @@ class AccountStore:
 
     async def find_account(self, id_or_name: str) -> Account:
         """An account by its id or, failing that, its name."""
+        by_name = accounts.c.name == id_or_name
+        query = sa.select(accounts).where(by_name)
         try:
             by_id = accounts.c.id == uuid.UUID(id_or_name)
         except ValueError:
-            by_id = sa.false()
-        query = sa.select(accounts).where(by_id | (accounts.c.name == id_or_name)).order_by(by_id.desc()).limit(1)
+            pass
+        else:
+            query = sa.select(accounts).where(by_id | by_name).order_by(by_id.desc()).limit(1)
         row = await self._run(lambda connection: _first(connection, query))
         if row is None:
             raise NotFound(f"no account with the id or name {id_or_name!r}")

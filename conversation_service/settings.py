@@ -1,6 +1,7 @@
 from typing import Self
 
 from pydantic import Field, model_validator
+from yarl import URL
 
 from common.settings import DatabaseSettings, ProcessSettings, ServiceSettings, ServiceTokenSettings, secret
 
@@ -43,3 +44,12 @@ class MigrationSettings(ProcessSettings, DatabaseSettings):
         "postgresql://messaging_user:messaging_password@127.0.0.1:5432/messaging_service",
         "PostgreSQL URL of the role that owns the database and runs the migrations; the services never use it",
     )
+
+    @model_validator(mode="after")
+    def one_database(self) -> Self:
+        # Otherwise a DATABASE_URL moved alone (to a test database, say) would have the migrations
+        # change the database the owner URL still names, and grant on it.
+        runtime, owner = URL(self.database_url), URL(self.database_owner_url)
+        if (runtime.host, runtime.port, runtime.path) != (owner.host, owner.port, owner.path):
+            raise ValueError("DATABASE_URL and DATABASE_OWNER_URL must name the same database (host, port, name)")
+        return self

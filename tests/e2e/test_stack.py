@@ -46,7 +46,9 @@ class Stack:
 
 
 @pytest.fixture
-async def stack(database_url: str, amqp_url: str, broker_namespace: str, tmp_path: Path) -> AsyncIterator[Stack]:
+async def stack(
+    database_url: str, database_owner_url: str, amqp_url: str, broker_namespace: str, tmp_path: Path
+) -> AsyncIterator[Stack]:
     ports = free_ports(len(PORT_NAMES))
     env = {
         **os.environ,
@@ -55,6 +57,8 @@ async def stack(database_url: str, amqp_url: str, broker_namespace: str, tmp_pat
         "EMAIL_PROVIDER_URL": f"http://127.0.0.1:{ports[PORT_NAMES.index('EMAIL_PROVIDER_PORT')]}",
         "CONVERSATION_SERVICE_URL": f"http://127.0.0.1:{ports[PORT_NAMES.index('CONVERSATION_SERVICE_PORT')]}",
         "DATABASE_URL": database_url,
+        # bin/start.sh migrates first, as the owner: of the test database, never the developer's.
+        "DATABASE_OWNER_URL": database_owner_url,
         "AMQP_URL": amqp_url,
         "BROKER_NAMESPACE": broker_namespace,
         "START_TIMEOUT_SECONDS": str(START_TIMEOUT),

@@ -27,7 +27,13 @@ from common.errors import InvalidRequest, NotFound, ServiceUnavailable
 from conversation_service.handlers import WriteOutcome
 from conversation_service.migrate import create_roles_and_database, drop_database
 from conversation_service.repository import MessageRepository
-from conversation_service.schema import conversation_participants, conversations, message_status_history, messages
+from conversation_service.schema import (
+    accounts,
+    conversation_participants,
+    conversations,
+    message_status_history,
+    messages,
+)
 from conversation_service.settings import MigrationSettings
 from tests.factories import (
     OUR_PHONE,
@@ -578,3 +584,54 @@ async def test_a_receipt_racing_its_send_is_never_lost(repository: MessageReposi
     assert len(stored) == 20
     assert {row["status"] for row in stored} == {"delivered"}
     assert len(await rows(engine, message_status_history)) == 40
+
+
+@pytest.fixture
+async def acme(engine: Engine) -> uuid.UUID:
+    """A second account, besides the development one."""
+    async with engine.acquire() as connection:
+        return await connection.scalar(accounts.insert().values(name="acme").returning(accounts.c.id))
+
+
+async def test_the_same_participants_in_two_accounts_are_two_conversations(
+    repository: MessageRepository, acme: uuid.UUID
+) -> None:
+    ours = send_message(body="ours")
+    theirs = send_message(account_id=acme, body="theirs")
+    # Their reply, and a status that overtook their next send: each lands in its own account.
+    reply = message_received(account_id=acme, provider_message_id="reply-1")
+    overtaking = status_changed(send_message(account_id=acme, at=START + timedelta(minutes=1)))
+    for event in (ours, theirs, reply, overtaking):
+        await store(repository, event)
+
+    (our_conversation,) = (await repository.list_conversations(DEVELOPMENT_ACCOUNT_ID, limit=10)).items
+    (their_conversation,) = (await repository.list_conversations(acme, limit=10)).items
+
+    assert (our_conversation.id, our_conversation.message_count) == (1, 1)
+    assert (their_conversation.id, their_conversation.message_count) == (2, 3)
+    assert our_conversation.participants == their_conversation.participants
+    their_messages = (await repository.list_messages(acme, 2, limit=10)).items
+    assert {message.id for message in their_messages} == {theirs.message_id, reply.message_id, overtaking.message_id}
+
+
+async def test_another_accounts_conversation_and_message_are_not_found_nor_listed(
+    repository: MessageRepository, acme: uuid.UUID
+) -> None:
+    theirs = send_message(account_id=acme)
+    await repository.store_outbound(theirs)
+    missing = uuid.uuid4()
+
+    assert (await repository.list_conversations(DEVELOPMENT_ACCOUNT_ID, limit=10)).items == []
+    with pytest.raises(NotFound) as not_theirs:
+        await repository.list_messages(DEVELOPMENT_ACCOUNT_ID, 1, limit=10)
+    with pytest.raises(NotFound) as not_there:
+        await repository.list_messages(DEVELOPMENT_ACCOUNT_ID, 2, limit=10)
+    assert str(not_theirs.value).replace("1", "2") == str(not_there.value)
+    with pytest.raises(NotFound) as not_theirs_either:
+        await repository.get_message(DEVELOPMENT_ACCOUNT_ID, theirs.message_id)
+    with pytest.raises(NotFound) as not_there_either:
+        await repository.get_message(DEVELOPMENT_ACCOUNT_ID, missing)
+    assert str(not_theirs_either.value).replace(str(theirs.message_id), str(missing)) == str(not_there_either.value)
+    # The owner still reads them.
+    assert (await repository.get_message(acme, theirs.message_id)).id == theirs.message_id
+    assert len((await repository.list_messages(acme, 1, limit=10)).items) == 1

@@ -268,3 +268,18 @@ async def test_events_wait_out_a_database_outage_unacked_and_are_stored_once_it_
 
 async def _retried(caplog: pytest.LogCaptureFixture, attempts: int) -> bool:
     return any(record.__dict__.get("attempt", 0) >= attempts for record in caplog.records)
+
+
+async def test_reads_answer_for_the_account_the_gateway_names(client: TestClient, database_url: str) -> None:
+    command = send_message()
+    await client.app[BROKER].publisher.publish(command)
+    await eventually(lambda: _stored(database_url, command.message_id), "the send is stored")
+    stranger = gateway_headers(account_id=uuid.uuid4())
+
+    listing = await client.get("/conversations", headers=stranger)
+    conversation = await client.get("/conversations/1/messages", headers=stranger)
+    message = await client.get(f"/messages/{command.message_id}", headers=stranger)
+
+    assert (listing.status, await listing.json()) == (200, {"conversations": [], "next_cursor": None})
+    assert (conversation.status, message.status) == (404, 404)
+    assert (await client.get(f"/messages/{command.message_id}")).status == 200
