@@ -46,7 +46,7 @@ def _is_default(value: Any, field: FieldInfo) -> bool:
     return False
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -80,7 +80,7 @@ class ProcessSettings(BaseSettings):
         Every problem is named at once, by its environment variable, so an operator fixes them in one go.
         """
         if self.messaging_profile is Profile.DEVELOPMENT:
-            if not _is_loopback(self.bind_host):
+            if not is_loopback(self.bind_host):
                 raise ValueError(
                     f"BIND_HOST={self.bind_host} is not a loopback address, and the development profile "
                     "serves loopback only (its requests need no key); set MESSAGING_PROFILE=production"

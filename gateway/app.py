@@ -5,13 +5,12 @@ from aiohttp import web
 from common.broker import BROKER, ContractPublisher, broker_ctx
 from common.health import add_health_routes
 from common.http import error_middleware
-from gateway.auth import development_account_middleware
-from gateway.handlers import MessageIntake
-from gateway.idempotency import HttpKeyStore, KeyStore
+from gateway.auth import PERIMETER, ROUTE_ACCESS, Authenticator, Perimeter, echo_correlation_id, perimeter_middleware
+from gateway.conversation_client import CONVERSATION_SERVICE, ClientTimeouts, conversation_service_ctx
+from gateway.handlers import KeyStore, MessageIntake
 from gateway.openapi import add_openapi_routes
-from gateway.reads import CONVERSATION_READER, ConversationReader
+from gateway.rate_limit import TokenBuckets
 from gateway.settings import GatewaySettings
-from gateway.upstream import CONVERSATION_SERVICE, conversation_service_ctx
 from gateway.views import MESSAGE_INTAKE, VALIDATION_RULES, add_routes
 
 
@@ -21,13 +20,26 @@ def create_app(
     """The public API. Tests pass a fake `publisher` to run without a broker, and a fake `key_store`
     to keep Idempotency-Keys without conversation_service."""
     app = web.Application(
-        middlewares=[error_middleware, development_account_middleware], client_max_size=settings.max_request_bytes
+        middlewares=[error_middleware, perimeter_middleware], client_max_size=settings.max_request_bytes
     )
     app[VALIDATION_RULES] = settings.validation_rules
+    app[ROUTE_ACCESS] = {}
+    app.on_response_prepare.append(echo_correlation_id)
     add_health_routes(app)
     if publisher is None:
         app.cleanup_ctx.append(broker_ctx(settings))
-    app.cleanup_ctx.append(conversation_service_ctx(settings.conversation_service_url, settings.internal_service_token))
+    app.cleanup_ctx.append(
+        conversation_service_ctx(
+            settings.conversation_service_url,
+            settings.internal_service_token,
+            ClientTimeouts(
+                read_seconds=settings.read_timeout_seconds,
+                key_store_seconds=settings.key_store_timeout_seconds,
+                auth_seconds=settings.auth_timeout_seconds,
+            ),
+            cache_seconds=settings.auth_cache_seconds,
+        )
+    )
     app.cleanup_ctx.append(_handlers_ctx(settings, publisher, key_store))
     add_routes(app)
     add_openapi_routes(app, settings)
@@ -37,15 +49,20 @@ def create_app(
 def _handlers_ctx(
     settings: GatewaySettings, publisher: ContractPublisher | None, key_store: KeyStore | None
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    """The intake and the reader, on the given fakes or on the broker and conversation_service set up
-    before them."""
+    """The perimeter and the intake, on the given fakes or on the broker and conversation_service set
+    up before them."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         conversation_service = app[CONVERSATION_SERVICE]
-        app[CONVERSATION_READER] = ConversationReader(conversation_service, settings.read_timeout_seconds)
+        app[PERIMETER] = Perimeter(
+            settings.messaging_profile,
+            Authenticator(conversation_service, settings.messaging_profile),
+            TokenBuckets(settings.rate_limit_per_second, settings.rate_limit_burst),
+        )
         app[MESSAGE_INTAKE] = MessageIntake(
             app[BROKER].publisher if publisher is None else publisher,
-            HttpKeyStore(conversation_service, settings.key_store_timeout_seconds) if key_store is None else key_store,
+            conversation_service if key_store is None else key_store,
+            conversation_service,
             idempotency_wait_seconds=settings.idempotency_wait_seconds,
         )
         yield

@@ -1,19 +1,24 @@
 """The gateway's work: turn a validated request into a bus contract and get it safely queued.
 
-Nothing here knows of HTTP or AMQP: the publisher and the Idempotency-Key store are injected, and
-any object with `async publish(contract)`, or with the `KeyStore` methods, will do.
+Nothing here knows of HTTP or AMQP: the publisher, the Idempotency-Key store and the address
+directory are injected, and any object with `async publish(contract)`, or with the `KeyStore` or
+`AddressDirectory` methods, will do. The request's account and correlation id come from
+`common.context`, where the gateway's middleware put them.
 """
 
 import asyncio
+import hashlib
+import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from common import context
 from common.broker import BrokerUnavailable, ContractPublisher
 from common.context import current_account
 from common.contracts import (
@@ -26,9 +31,8 @@ from common.contracts import (
     SendMessage,
     inbound_message_id,
 )
-from common.errors import Conflict, InvalidRequest, ServiceUnavailable
+from common.errors import Conflict, Forbidden, InvalidRequest, ServiceUnavailable
 from common.idempotency import ClaimState, KeyClaim, KeyClaimRequest, KeyPublished, KeyReleased
-from gateway.idempotency import KeyStore, request_fingerprint
 from gateway.requests import DeliveryReport, SendRequest, Webhook
 
 log = logging.getLogger(__name__)
@@ -37,6 +41,39 @@ NoteT = TypeVar("NoteT", KeyPublished, KeyReleased)
 
 # How often a repeat asks whether the request that holds its Idempotency-Key has published yet.
 CLAIM_POLL_SECONDS = 0.05
+
+
+class KeyStore(Protocol):
+    """conversation_service's Idempotency-Keys, per account (the command names it)."""
+
+    async def claim(self, request: KeyClaimRequest) -> KeyClaim: ...
+
+    async def mark_published(self, published: KeyPublished) -> None: ...
+
+    async def release(self, released: KeyReleased) -> None: ...
+
+
+class AddressDirectory(Protocol):
+    async def owner_of(self, address: str) -> uuid.UUID | None:
+        """The account that owns a normalized address, None when none does. The directory decides
+        whether the development account owns what no one else does."""
+        ...
+
+
+def request_fingerprint(request: SendRequest) -> str:
+    """The channel and the validated, normalized request, hashed to a short value whatever the body.
+
+    Missing and empty attachments are the same request. A timestamp left out is left out here: the
+    stored command keeps the time the first request was accepted.
+    """
+    timestamp = request.timestamp.isoformat() if request.timestamp is not None else None
+    canonical = [request.channel, request.from_address, request.to, request.body, request.attachments or [], timestamp]
+    return hashlib.sha256(json.dumps(canonical).encode()).hexdigest()
+
+
+def _correlation_id() -> uuid.UUID:
+    # Outside a request (a replay, a test calling the intake directly) each call starts a trail of its own.
+    return context.correlation_id.get() or uuid.uuid4()
 
 
 class AcceptedMessage(BaseModel):
@@ -91,20 +128,32 @@ class AcceptedSend:
 class MessageIntake:
     """`idempotency_wait_seconds` bounds how long a send waits for an earlier one with its key."""
 
-    def __init__(self, publisher: ContractPublisher, key_store: KeyStore, *, idempotency_wait_seconds: float) -> None:
+    def __init__(
+        self,
+        publisher: ContractPublisher,
+        key_store: KeyStore,
+        directory: AddressDirectory,
+        *,
+        idempotency_wait_seconds: float,
+    ) -> None:
         self._publisher = publisher
         self._key_store = key_store
+        self._directory = directory
         self._idempotency_wait_seconds = idempotency_wait_seconds
 
-    async def send(
-        self, request: SendRequest, *, idempotency_key: str | None, correlation_id: uuid.UUID
-    ) -> AcceptedSend:
+    async def send(self, request: SendRequest, *, idempotency_key: str | None) -> AcceptedSend:
+        account = current_account()
+        if await self._directory.owner_of(request.from_address) != account:
+            raise Forbidden(
+                "this account may not send from that address",
+                [{"field": "from", "reason": "is not an address of this account"}],
+            )
         # A fresh id even with a key: the key store keeps the first command, and every repeat answers
         # with its id, while a key used again after it expired makes a new message, not a lost one.
         command = SendMessage(
             message_id=uuid.uuid4(),
-            account_id=current_account(),
-            correlation_id=correlation_id,
+            account_id=account,
+            correlation_id=_correlation_id(),
             content=request.to_content(),
         )
         if idempotency_key is None:
@@ -167,20 +216,24 @@ class MessageIntake:
         except ServiceUnavailable:
             log.warning(
                 "could not tell the idempotency key store how a publish went",
-                extra={
-                    "outcome": type(note).__name__,
-                    "message_id": str(command.message_id),
-                    "correlation_id": str(command.correlation_id),
-                },
+                extra={"outcome": type(note).__name__, "message_id": str(command.message_id)},
             )
 
-    async def receive(self, webhook: Webhook, *, correlation_id: uuid.UUID) -> AcceptedMessage:
+    async def receive(self, webhook: Webhook) -> AcceptedMessage:
+        """Queue an inbound message under the account that owns its recipient."""
+        owner = await self._directory.owner_of(webhook.to)
+        if owner is None:
+            raise InvalidRequest(
+                "no account receives messages for that address",
+                [{"field": "to", "reason": "is not an address of any account"}],
+            )
+        context.account_id.set(owner)
         provider, provider_message_id = webhook.provider, webhook.provider_message_id
         event = MessageReceived(
             # Derived from the provider's id, so a webhook the provider retries is the same message.
             message_id=inbound_message_id(provider, provider_message_id),
-            account_id=current_account(),
-            correlation_id=correlation_id,
+            account_id=owner,
+            correlation_id=_correlation_id(),
             provider=provider,
             provider_message_id=provider_message_id,
             content=webhook.to_content(),
@@ -190,9 +243,10 @@ class MessageIntake:
             event.message_id, Direction.INBOUND, event.content, MessageStatus.RECEIVED, provider, provider_message_id
         )
 
-    async def report_deliveries(self, reports: Sequence[DeliveryReport], *, correlation_id: uuid.UUID) -> int:
+    async def report_deliveries(self, reports: Sequence[DeliveryReport]) -> int:
         """Publish a receipt for every report with a final outcome, all confirmed before this returns;
         how many. A provider retries the whole batch if one publish fails: receipts are idempotent."""
+        correlation_id = _correlation_id()
         receipts = [
             DeliveryReported(
                 message_id=report.message_id,

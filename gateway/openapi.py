@@ -2,9 +2,10 @@
 
 Every schema is derived from the model that validates a request or shapes an answer: the gateway's
 request models and AcceptedMessage, the read models of conversation_service (whose bodies the gateway
-relays verbatim), its path and query models, and the error body of common.http. What is written here
-by hand is only what no model says: routes, status codes and prose. A unit test holds the described
-routes to the ones the app registers.
+relays verbatim), its path and query models, and the error body of common.http. Each operation's
+security is what its route declared to the perimeter (gateway.auth), so the description cannot promise
+another scope than the one enforced. What is written here by hand is only what no model says: routes,
+status codes and prose. A unit test holds the described routes to the ones the app registers.
 """
 
 import json
@@ -15,8 +16,10 @@ from aiohttp import web
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
 
+from common.accounts import Scope
 from common.http import ErrorBody
 from common.idempotency import MAX_IDEMPOTENCY_KEY_LENGTH
+from common.settings import Profile
 from conversation_service.models import (
     ConversationList,
     ConversationPath,
@@ -26,6 +29,7 @@ from conversation_service.models import (
     PageQuery,
 )
 from conversation_service.settings import ConversationSettings
+from gateway.auth import CORRELATION_HEADER, OPEN, ROUTE_ACCESS, Access, add_route
 from gateway.handlers import AcceptedMessage
 from gateway.requests import (
     EmailStatusEvent,
@@ -38,10 +42,11 @@ from gateway.requests import (
     webhook_adapter,
 )
 from gateway.settings import GatewaySettings
-from gateway.views import CORRELATION_HEADER, REPLAYED_HEADER
+from gateway.views import REPLAYED_HEADER
 
 OPENAPI_PATH = "/api/openapi.json"
 DOCS_PATH = "/api/docs"
+SECURITY_SCHEME = "apiKey"
 
 JsonObject = dict[str, Any]
 
@@ -210,11 +215,46 @@ def _read(summary: str, description: str, answer: str, parameters: Iterable[Json
     }
 
 
+_SCOPE_USE = {Scope.SEND: "the send routes", Scope.READ: "the read routes"}
+
+
+def _secure(operation: JsonObject, access: Access, profile: Profile) -> None:
+    """The operation's security as its route declared it, in the description too (not every viewer
+    shows the requirement's scopes). In the development profile a request without a key is answered
+    too, and the description says so: `{}` is OpenAPI's "no credentials" alternative."""
+    if access.scope is None:
+        operation["security"] = []
+        if access.provider:
+            operation["description"] = (
+                f"{operation.get('description', '')} Takes no API key: providers call it, not account holders."
+            ).strip()
+        return
+    scope = access.scope
+    operation["security"] = [{SECURITY_SCHEME: [scope.value]}]
+    if profile is Profile.DEVELOPMENT:
+        operation["security"].append({})
+    operation["description"] = (
+        f"{operation.get('description', '')} Needs an API key with the `{scope}` scope (`Authorization: Bearer <key>`)."
+    ).strip()
+    responses = operation["responses"]
+    responses["401"] = _error("No API key, or one that is unknown, revoked or expired")
+    reasons = f"The API key lacks the `{scope}` scope"
+    if scope is Scope.SEND:
+        reasons += ", or the account does not own the `from` address"
+    responses["403"] = _error(reasons)
+    responses["429"] = {
+        **_error("The API key made too many requests; retry after the `Retry-After` seconds"),
+        "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+    }
+    if access.json_body:
+        responses["415"] = _error("The body is not `application/json`")
+
+
 def _health(summary: str, answers: JsonObject) -> JsonObject:
     return {"get": {"summary": summary, "tags": ["health"], "responses": answers}}
 
 
-def openapi_document(settings: GatewaySettings) -> JsonObject:
+def openapi_document(settings: GatewaySettings, route_access: dict[str, Access]) -> JsonObject:
     rules = settings.validation_rules
     page = ConversationSettings.model_fields
     page_parameters = _parameters(
@@ -359,6 +399,18 @@ def openapi_document(settings: GatewaySettings) -> JsonObject:
             }
         },
     }
+    for path, operations in paths.items():
+        for operation in operations.values():
+            _secure(operation, route_access.get(path, OPEN), settings.messaging_profile)
+    components = _components()
+    components["securitySchemes"] = {
+        SECURITY_SCHEME: {
+            "type": "http",
+            "scheme": "bearer",
+            "description": f"An API key (`msk_…`) from `bin/admin keys create`; scopes: {_scopes_text()}. "
+            "In the development profile a request without one acts for the development account.",
+        }
+    }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -368,8 +420,12 @@ def openapi_document(settings: GatewaySettings) -> JsonObject:
             "Timestamps are ISO 8601 in UTC.",
         },
         "paths": paths,
-        "components": _components(),
+        "components": components,
     }
+
+
+def _scopes_text() -> str:
+    return ", ".join(f"`{scope}` ({use})" for scope, use in _SCOPE_USE.items())
 
 
 _DOCS_PAGE = f"""<!doctype html>
@@ -390,7 +446,7 @@ _DOCS_PAGE = f"""<!doctype html>
 
 def add_openapi_routes(app: web.Application, settings: GatewaySettings) -> None:
     # Built once: it depends only on the code and the settings, neither of which changes while serving.
-    document = json.dumps(openapi_document(settings)).encode()
+    document = json.dumps(openapi_document(settings, app[ROUTE_ACCESS])).encode()
     docs_page = _DOCS_PAGE.encode()
 
     async def openapi(request: web.Request) -> web.Response:
@@ -399,5 +455,5 @@ def add_openapi_routes(app: web.Application, settings: GatewaySettings) -> None:
     async def docs(request: web.Request) -> web.Response:
         return web.Response(body=docs_page, content_type="text/html")
 
-    app.router.add_get(OPENAPI_PATH, openapi)
-    app.router.add_get(DOCS_PATH, docs)
+    add_route(app, "GET", OPENAPI_PATH, openapi, OPEN)
+    add_route(app, "GET", DOCS_PATH, docs, OPEN)

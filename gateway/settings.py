@@ -28,6 +28,25 @@ class GatewaySettings(ServiceSettings, ServiceTokenSettings):
     email_body_max_chars: int = Field(1_000_000, ge=1)
     max_attachments: int = Field(10, ge=0)
 
+    # Authentication and rate limits (API keys are kept by conversation_service).
+    auth_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Longest wait for conversation_service to verify a key or name an address owner; then 503",
+    )
+    auth_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="How long the gateway trusts conversation_service's word on a key or an address's owner; "
+        "a revoked key still works this long on a gateway that verified it just before",
+    )
+    rate_limit_per_second: float = Field(
+        200.0, gt=0, description="Requests per second one key may make, on average, to one gateway replica"
+    )
+    rate_limit_burst: int = Field(
+        1000, ge=1, description="Requests one key may make at once before RATE_LIMIT_PER_SECOND holds it back"
+    )
+
     @property
     def validation_rules(self) -> ValidationRules:
         return ValidationRules(

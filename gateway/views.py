@@ -1,6 +1,5 @@
 """HTTP adapters: parse and validate, call the intake or the reader, answer JSON. Errors are raised."""
 
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -11,8 +10,9 @@ from pydantic import TypeAdapter
 from common.errors import InvalidRequest
 from common.http import request_validation
 from common.idempotency import MAX_IDEMPOTENCY_KEY_LENGTH
+from gateway.auth import FORM_WEBHOOK, READ, SEND, WEBHOOK, add_route
+from gateway.conversation_client import CONVERSATION_SERVICE
 from gateway.handlers import AcceptedMessage, MessageIntake
-from gateway.reads import CONVERSATION_READER
 from gateway.requests import (
     DeliveryReport,
     EmailWebhook,
@@ -31,18 +31,10 @@ from gateway.requests import (
 MESSAGE_INTAKE = web.AppKey("message_intake", MessageIntake)
 VALIDATION_RULES = web.AppKey("validation_rules", ValidationRules)
 
-CORRELATION_HEADER = "X-Correlation-ID"
 REPLAYED_HEADER = "Idempotent-Replayed"
 
 ModelT = TypeVar("ModelT")
 View = Callable[[web.Request], Awaitable[web.Response]]
-
-
-def _correlation_id(request: web.Request) -> uuid.UUID:
-    try:
-        return uuid.UUID(request.headers[CORRELATION_HEADER])
-    except (KeyError, ValueError):
-        return uuid.uuid4()
 
 
 def _idempotency_key(request: web.Request) -> str | None:
@@ -61,22 +53,15 @@ async def _validated(request: web.Request, adapter: TypeAdapter[ModelT]) -> Mode
         return adapter.validate_json(raw, context=request.app[VALIDATION_RULES])
 
 
-def _accepted(message: AcceptedMessage, correlation_id: uuid.UUID) -> web.Response:
-    return web.json_response(
-        text=message.model_dump_json(by_alias=True),
-        status=202,
-        headers={CORRELATION_HEADER: str(correlation_id)},
-    )
+def _accepted(message: AcceptedMessage) -> web.Response:
+    return web.json_response(text=message.model_dump_json(by_alias=True), status=202)
 
 
 def send_view(adapter: TypeAdapter[Any]) -> View:
     async def view(request: web.Request) -> web.Response:
         send_request: SendRequest = await _validated(request, adapter)
-        correlation_id = _correlation_id(request)
-        accepted = await request.app[MESSAGE_INTAKE].send(
-            send_request, idempotency_key=_idempotency_key(request), correlation_id=correlation_id
-        )
-        response = _accepted(accepted.message, correlation_id)
+        accepted = await request.app[MESSAGE_INTAKE].send(send_request, idempotency_key=_idempotency_key(request))
+        response = _accepted(accepted.message)
         if accepted.replayed:
             response.headers[REPLAYED_HEADER] = "true"
         return response
@@ -87,9 +72,7 @@ def send_view(adapter: TypeAdapter[Any]) -> View:
 def webhook_view(adapter: TypeAdapter[Any]) -> View:
     async def view(request: web.Request) -> web.Response:
         webhook: Webhook = await _validated(request, adapter)
-        correlation_id = _correlation_id(request)
-        accepted = await request.app[MESSAGE_INTAKE].receive(webhook, correlation_id=correlation_id)
-        return _accepted(accepted, correlation_id)
+        return _accepted(await request.app[MESSAGE_INTAKE].receive(webhook))
 
     return view
 
@@ -118,35 +101,38 @@ async def email_status_webhook(request: web.Request) -> web.Response:
 
 
 async def _report_deliveries(request: web.Request, reports: list[DeliveryReport]) -> web.Response:
-    correlation_id = _correlation_id(request)
-    published = await request.app[MESSAGE_INTAKE].report_deliveries(reports, correlation_id=correlation_id)
-    return web.json_response({"published": published}, headers={CORRELATION_HEADER: str(correlation_id)})
+    published = await request.app[MESSAGE_INTAKE].report_deliveries(reports)
+    return web.json_response({"published": published})
 
 
 def relay_read(upstream_path: str) -> View:
-    """Forward to `upstream_path`, its `{name}`s filled from the route with each segment quoted whole,
-    so a crafted id cannot steer the request to another upstream route."""
+    """Forward to `upstream_path` for the request's account, its `{name}`s filled from the route with
+    each segment quoted whole, so a crafted id cannot steer the request to another upstream route."""
 
     async def view(request: web.Request) -> web.Response:
         segments = {name: quote(value, safe="") for name, value in request.match_info.items()}
-        answer = await request.app[CONVERSATION_READER].get(upstream_path.format(**segments), request.query)
+        answer = await request.app[CONVERSATION_SERVICE].read(upstream_path.format(**segments), request.query)
         return web.Response(body=answer.body, status=answer.status, content_type=answer.content_type)
 
     return view
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/api/messages/sms", send_view(TypeAdapter(SendSmsRequest)))
-    app.router.add_post("/api/messages/email", send_view(TypeAdapter(SendEmailRequest)))
-    app.router.add_post("/api/webhooks/sms", webhook_view(TypeAdapter(SmsWebhook)))
-    app.router.add_post("/api/webhooks/email", webhook_view(TypeAdapter(EmailWebhook)))
-    app.router.add_post("/api/webhooks/sms/status", sms_status_webhook)
-    app.router.add_post("/api/webhooks/email/status", email_status_webhook)
-    app.router.add_get("/api/conversations", relay_read("/conversations"))
-    app.router.add_get(
-        "/api/conversations/{conversation_id}/messages", relay_read("/conversations/{conversation_id}/messages")
+    add_route(app, "POST", "/api/messages/sms", send_view(TypeAdapter(SendSmsRequest)), SEND)
+    add_route(app, "POST", "/api/messages/email", send_view(TypeAdapter(SendEmailRequest)), SEND)
+    add_route(app, "POST", "/api/webhooks/sms", webhook_view(TypeAdapter(SmsWebhook)), WEBHOOK)
+    add_route(app, "POST", "/api/webhooks/email", webhook_view(TypeAdapter(EmailWebhook)), WEBHOOK)
+    add_route(app, "POST", "/api/webhooks/sms/status", sms_status_webhook, FORM_WEBHOOK)
+    add_route(app, "POST", "/api/webhooks/email/status", email_status_webhook, WEBHOOK)
+    add_route(app, "GET", "/api/conversations", relay_read("/conversations"), READ)
+    add_route(
+        app,
+        "GET",
+        "/api/conversations/{conversation_id}/messages",
+        relay_read("/conversations/{conversation_id}/messages"),
+        READ,
     )
-    app.router.add_get("/api/messages/{message_id}", relay_read("/messages/{message_id}"))
+    add_route(app, "GET", "/api/messages/{message_id}", relay_read("/messages/{message_id}"), READ)
     # Aliases kept for clients of the earlier Django service: `type` picks the channel.
-    app.router.add_post("/messages/outbound/", send_view(send_request_adapter))
-    app.router.add_post("/messages/inbound/", webhook_view(webhook_adapter))
+    add_route(app, "POST", "/messages/outbound/", send_view(send_request_adapter), SEND)
+    add_route(app, "POST", "/messages/inbound/", webhook_view(webhook_adapter), WEBHOOK)

@@ -21,7 +21,7 @@ from conversation_service.app import create_app as create_conversation_app
 from conversation_service.idempotency import IdempotencyKeyStore
 from conversation_service.settings import ConversationSettings
 from gateway.app import create_app as create_gateway_app
-from gateway.idempotency import request_fingerprint
+from gateway.handlers import request_fingerprint
 from gateway.requests import send_request_adapter
 from gateway.settings import GatewaySettings
 from tests.factories import eventually, gateway_headers

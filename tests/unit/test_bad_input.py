@@ -9,8 +9,10 @@ A cursor is the exception, decoded by the repository: tests/unit/test_conversati
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from common.accounts import ADDRESS_OWNER_PATH, DEVELOPMENT_ACCOUNT_ID, AddressOwner
 from conversation_service.app import create_app as create_conversation_app
 from conversation_service.settings import ConversationSettings
 from gateway.app import create_app
@@ -221,6 +223,10 @@ class UnreachableRepository:
         raise AssertionError(f"the repository was asked for {name}")
 
 
+async def _owned_by_the_development_account(request: web.Request) -> web.Response:
+    return web.json_response(text=AddressOwner(account_id=DEVELOPMENT_ACCOUNT_ID).model_dump_json())
+
+
 @pytest.fixture
 def publisher() -> RecordingPublisher:
     return RecordingPublisher()
@@ -228,9 +234,10 @@ def publisher() -> RecordingPublisher:
 
 @pytest.fixture
 async def client(aiohttp_client: Any, aiohttp_server: Any, publisher: RecordingPublisher) -> TestClient:
-    reads = await aiohttp_server(
-        create_conversation_app(ConversationSettings(), repository=UnreachableRepository())  # type: ignore[arg-type]
-    )
+    conversation = create_conversation_app(ConversationSettings(), repository=UnreachableRepository())  # type: ignore[arg-type]
+    # Without a database there is no account store: every address is the development account's.
+    conversation.router.add_post(ADDRESS_OWNER_PATH, _owned_by_the_development_account)
+    reads = await aiohttp_server(conversation)
     settings = GatewaySettings(max_request_bytes=MAX_REQUEST_BYTES, conversation_service_url=str(reads.make_url("")))
     return await aiohttp_client(create_app(settings, publisher=publisher, key_store=MemoryKeyStore()))
 

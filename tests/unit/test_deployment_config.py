@@ -1,4 +1,5 @@
-"""docker-compose.yml, bin/start.sh and .env.example must describe the same stack as the code.
+"""docker-compose.yml, bin/start.sh and .env.example must describe the same stack as the code, and
+the compose stack must expose nothing but the gateway and hold no default credential.
 
 No Docker engine runs here, so these checks are what keeps the compose file honest.
 """
@@ -38,9 +39,31 @@ PORT_SETTING = {
 }
 
 
+# `${NAME:?message}` (required) or `${NAME:-default}`: the variables compose fills in.
+COMPOSE_VARIABLE = re.compile(r"\$\{(?P<name>[A-Z_][A-Z0-9_]*)(?P<rule>:[?-])?(?P<rest>[^}]*)\}")
+
+
 @pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+def compose_text() -> str:
+    return (ROOT / "docker-compose.yml").read_text()
+
+
+@pytest.fixture(scope="module")
+def compose(compose_text: str) -> dict[str, Any]:
+    return yaml.safe_load(compose_text)
+
+
+def env_example() -> dict[str, str]:
+    return dict(
+        line.split("=", 1)
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+
+
+def compose_variables(text: str) -> dict[str, str | None]:
+    """Each variable compose fills in, with its rule (`:?` required, `:-` defaulted)."""
+    return {match["name"]: match["rule"] for match in COMPOSE_VARIABLE.finditer(text)}
 
 
 def module_of(command: list[str]) -> str:
@@ -95,21 +118,98 @@ def test_compose_ports_are_the_ones_each_process_listens_on(compose: dict[str, A
         port = service["environment"][setting.upper()]
         default = SETTINGS_OF_MODULE[module][0].model_fields[setting].default
         assert int(port) == default, f"{name} listens on {port}, the code's default is {default}"
-        assert service["ports"] == [f"{port}:{port}"]
 
 
-def test_env_example_lists_only_real_settings_with_their_defaults() -> None:
+def test_only_the_gateway_is_published_and_on_loopback_by_default(compose: dict[str, Any]) -> None:
+    published = {name: service["ports"] for name, service in compose["services"].items() if "ports" in service}
+
+    assert published == {"gateway": ["${GATEWAY_PUBLISH:-127.0.0.1:8080}:8080"]}
+    # Nor opened to the host some other way.
+    for name, service in compose["services"].items():
+        assert service.get("network_mode") != "host", name
+        assert "expose" not in service or name == "gateway", name
+
+
+def test_rabbitmqs_management_ui_is_not_published(compose_text: str, compose: dict[str, Any]) -> None:
+    assert "15672" not in compose_text
+    assert "ports" not in compose["services"]["rabbitmq"]
+
+
+def test_no_default_credential_anywhere_in_compose(compose_text: str, compose: dict[str, Any]) -> None:
+    assert "guest" not in compose_text.lower()
+    assert "postgres:postgres" not in compose_text
+    assert "password@" not in compose_text.lower()
+    for name, service in compose["services"].items():
+        for variable, value in service.get("environment", {}).items():
+            value = str(value)
+            for url_password in re.findall(r"://[^:/@\s]+:([^@\s]+)@", value):
+                assert COMPOSE_VARIABLE.fullmatch(url_password), f"{name} {variable} has a literal password"
+            if re.search(r"PASSWORD|PASS$|TOKEN|SECRET|PRIVATE_KEY|PUBLIC_KEY", variable):
+                match = COMPOSE_VARIABLE.fullmatch(value)
+                assert match and match["rule"] == ":?", f"{name} {variable} is not a required variable: {value}"
+
+
+def test_every_credential_is_a_required_variable_listed_in_env_example(compose_text: str) -> None:
+    variables = compose_variables(compose_text)
+    listed = env_example()
+    required = {name for name, rule in variables.items() if rule == ":?"}
+
+    assert {
+        "POSTGRES_PASSWORD",
+        "DATABASE_PASSWORD",
+        "DATABASE_OWNER_PASSWORD",
+        "RABBITMQ_USER",
+        "RABBITMQ_PASSWORD",
+    } <= required
+    assert "INTERNAL_SERVICE_TOKEN" in required
+    assert set(variables) <= set(listed), set(variables) - set(listed)
+    # A required variable has no value to copy unless it is a setting, whose default production refuses.
+    settings = {name for module in SETTINGS_OF_MODULE for name in env_names(module)}
+    for name in required - settings:
+        assert listed[name] == "", f"{name} has a value in .env.example: compose would start with it"
+
+
+def test_the_services_use_a_rabbitmq_user_of_their_own(compose: dict[str, Any]) -> None:
+    rabbitmq = compose["services"]["rabbitmq"]["environment"]
+    amqp_urls = {
+        str(service["environment"]["AMQP_URL"])
+        for service in python_services(compose).values()
+        if "AMQP_URL" in service.get("environment", {})
+    }
+
+    assert rabbitmq["RABBITMQ_DEFAULT_USER"] == "${RABBITMQ_USER:?set RABBITMQ_USER}"
+    assert rabbitmq["RABBITMQ_DEFAULT_PASS"] == "${RABBITMQ_PASSWORD:?set RABBITMQ_PASSWORD}"
+    assert len(amqp_urls) == 1
+    assert amqp_urls.pop().startswith("amqp://${RABBITMQ_USER:?set RABBITMQ_USER}:${RABBITMQ_PASSWORD:?")
+
+
+def test_every_service_runs_in_the_production_profile(compose: dict[str, Any]) -> None:
+    for name, service in python_services(compose).items():
+        assert service["environment"]["MESSAGING_PROFILE"] == "production", name
+        if module_of(service["command"]) != "conversation_service.migrate":
+            assert service["environment"]["BIND_HOST"] == "0.0.0.0", name
+
+
+def test_the_development_dependencies_are_published_on_loopback_only() -> None:
+    development = yaml.safe_load((ROOT / "docker-compose.dev.yml").read_text())
+
+    assert set(development["services"]) == {"postgres", "rabbitmq"}
+    for name, service in development["services"].items():
+        for port in service["ports"]:
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+    assert "docker-compose.dev.yml" in (ROOT / "bin/setup.sh").read_text()
+
+
+def test_env_example_lists_only_real_settings_with_their_defaults(compose_text: str) -> None:
     known: dict[str, Any] = {}
     for settings_of_process in SETTINGS_OF_MODULE.values():
         for settings in settings_of_process:
             known |= env_defaults(settings)
-    entries = dict(
-        line.split("=", 1)
-        for line in (ROOT / ".env.example").read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    )
+    # Besides settings, the variables only docker-compose.yml reads.
+    entries = {name: value for name, value in env_example().items() if name not in known}
+    assert set(entries) <= set(compose_variables(compose_text)), set(entries) - set(compose_variables(compose_text))
+    entries = {name: value for name, value in env_example().items() if name in known}
 
-    assert set(entries) <= set(known), set(entries) - set(known)
     for name, value in entries.items():
         assert value == str(known[name]), f"{name}={value} in .env.example, but the default is {known[name]}"
     assert {"DATABASE_URL", "AMQP_URL", "GATEWAY_PORT", "SMS_PROVIDER_URL", "EMAIL_PROVIDER_URL"} <= set(entries)

@@ -1,4 +1,5 @@
-"""The gateway's public API with a fake publisher and key store: what a client sees, and what reaches the bus."""
+"""The gateway's public API with a fake publisher, key store and conversation_service, in the
+development profile: what a client sees, and what reaches the bus."""
 
 from typing import Any
 
@@ -11,7 +12,7 @@ from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from tests.factories import EMAIL_REQUEST as EMAIL
 from tests.factories import SMS_REQUEST as SMS
-from tests.fakes import MemoryKeyStore, RecordingPublisher
+from tests.fakes import FakeConversationService, MemoryKeyStore, RecordingPublisher
 
 SMS_WEBHOOK = {
     "from": "+18045551234",
@@ -47,8 +48,17 @@ def key_store() -> MemoryKeyStore:
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any, publisher: RecordingPublisher, key_store: MemoryKeyStore) -> TestClient:
-    settings = GatewaySettings(max_request_bytes=64 * 1024, conversation_service_url=UNREACHABLE_URL)
+async def conversation_service(aiohttp_server: Any) -> Any:
+    return await aiohttp_server(FakeConversationService(GatewaySettings().internal_service_token).app())
+
+
+@pytest.fixture
+async def client(
+    aiohttp_client: Any, conversation_service: Any, publisher: RecordingPublisher, key_store: MemoryKeyStore
+) -> TestClient:
+    settings = GatewaySettings(
+        max_request_bytes=64 * 1024, conversation_service_url=str(conversation_service.make_url(""))
+    )
     return await aiohttp_client(create_app(settings, publisher=publisher, key_store=key_store))
 
 
@@ -169,10 +179,10 @@ async def test_an_unusable_idempotency_key_is_a_422_naming_it(
     assert (publisher.published, key_store.keys) == ([], {})
 
 
-async def test_an_unreachable_key_store_is_a_503_and_nothing_is_sent(aiohttp_client: Any) -> None:
-    publisher = RecordingPublisher()
-    settings = GatewaySettings(conversation_service_url=UNREACHABLE_URL)
-    client = await aiohttp_client(create_app(settings, publisher=publisher))
+async def test_an_unreachable_key_store_is_a_503_and_nothing_is_sent(
+    client: TestClient, publisher: RecordingPublisher, key_store: MemoryKeyStore
+) -> None:
+    key_store.reachable = False
 
     keyed = await client.post("/api/messages/sms", json=SMS, headers={"Idempotency-Key": "order-42"})
     assert keyed.status == 503
@@ -228,10 +238,17 @@ async def test_broker_down_is_a_503_never_a_2xx(client: TestClient, publisher: R
     assert (await send.json())["error"] == "service_unavailable"
 
 
-async def test_reads_answer_503_when_the_conversation_service_is_unreachable(client: TestClient) -> None:
-    response = await client.get("/api/conversations")
+async def test_the_conversation_service_unreachable_is_a_503_for_reads_and_sends(aiohttp_client: Any) -> None:
+    publisher = RecordingPublisher()
+    settings = GatewaySettings(conversation_service_url=UNREACHABLE_URL)
+    client = await aiohttp_client(create_app(settings, publisher=publisher, key_store=MemoryKeyStore()))
 
-    assert response.status == 503
+    read = await client.get("/api/conversations")
+    # Who owns the sender is conversation_service's word: without it, nothing is sent.
+    send = await client.post("/api/messages/sms", json=SMS)
+
+    assert (read.status, send.status) == (503, 503)
+    assert publisher.published == []
 
 
 async def test_reads_are_relayed_with_the_id_quoted_whole(aiohttp_client: Any, aiohttp_server: Any) -> None:
@@ -245,7 +262,7 @@ async def test_reads_are_relayed_with_the_id_quoted_whole(aiohttp_client: Any, a
     upstream_app.router.add_get("/{tail:.*}", upstream)
     server = await aiohttp_server(upstream_app)
     settings = GatewaySettings(conversation_service_url=str(server.make_url("")))
-    client = await aiohttp_client(create_app(settings, publisher=RecordingPublisher()))
+    client = await aiohttp_client(create_app(settings, publisher=RecordingPublisher(), key_store=MemoryKeyStore()))
 
     relayed = await client.get("/api/conversations/7/messages", params={"limit": "5"})
     crafted = await client.get("/api/conversations/..%2Fhealthz/messages")

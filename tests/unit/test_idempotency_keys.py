@@ -1,6 +1,5 @@
 """The gateway's send with an Idempotency-Key, against fakes: how it waits, takes over, replays and fails."""
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,12 +12,11 @@ from common.broker import BrokerUnavailable
 from common.contracts import SendMessage
 from common.errors import Conflict, ServiceUnavailable
 from common.idempotency import ClaimState, KeyClaim, KeyClaimRequest, KeyPublished, KeyReleased
-from gateway.handlers import MessageIntake
-from gateway.idempotency import HttpKeyStore, request_fingerprint
+from gateway.conversation_client import ClientTimeouts, ConversationServiceClient
+from gateway.handlers import KeyStore, MessageIntake, request_fingerprint
 from gateway.requests import SendRequest, ValidationRules, send_request_adapter
-from gateway.upstream import ConversationService
 from tests.factories import send_message
-from tests.fakes import MemoryKeyStore, RecordingPublisher
+from tests.fakes import AddressBook, MemoryKeyStore, RecordingPublisher
 
 RULES = ValidationRules(
     default_phone_region="US", sms_body_max_chars=1600, email_body_max_chars=10_000, max_attachments=5
@@ -64,15 +62,29 @@ class ScriptedKeyStore:
         self.marked.append(note)
 
 
+KEY = (DEVELOPMENT_ACCOUNT_ID, "order-42")
+
+
+@pytest.fixture(autouse=True)
+def _development_account() -> Iterator[None]:
+    token = context.account_id.set(DEVELOPMENT_ACCOUNT_ID)
+    yield
+    context.account_id.reset(token)
+
+
+def intake(publisher: RecordingPublisher, store: KeyStore, *, idempotency_wait_seconds: float) -> MessageIntake:
+    return MessageIntake(publisher, store, AddressBook(), idempotency_wait_seconds=idempotency_wait_seconds)
+
+
 async def send(intake: MessageIntake, request: SendRequest | None = None) -> Any:
-    return await intake.send(request or send_request(), idempotency_key="order-42", correlation_id=uuid.uuid4())
+    return await intake.send(request or send_request(), idempotency_key="order-42")
 
 
 async def test_a_repeat_waits_for_the_first_request_and_answers_with_its_message() -> None:
     publisher = RecordingPublisher()
     store = ScriptedKeyStore(ClaimState.IN_PROGRESS, ClaimState.IN_PROGRESS, ClaimState.PUBLISHED)
 
-    accepted = await send(MessageIntake(publisher, store, idempotency_wait_seconds=5))
+    accepted = await send(intake(publisher, store, idempotency_wait_seconds=5))
 
     assert store.claims == 3
     assert (accepted.message.id, accepted.replayed) == (store.stored.message_id, True)
@@ -83,7 +95,7 @@ async def test_a_repeat_that_takes_over_a_lapsed_claim_publishes_the_stored_comm
     publisher = RecordingPublisher()
     store = ScriptedKeyStore(ClaimState.CLAIMED)
 
-    accepted = await send(MessageIntake(publisher, store, idempotency_wait_seconds=5))
+    accepted = await send(intake(publisher, store, idempotency_wait_seconds=5))
 
     assert publisher.published == [store.stored]
     assert [mark.message_id for mark in store.marked] == [store.stored.message_id]
@@ -95,7 +107,7 @@ async def test_a_first_request_still_in_progress_after_the_wait_is_a_409() -> No
     store = ScriptedKeyStore(*[ClaimState.IN_PROGRESS] * 100)
 
     with pytest.raises(Conflict) as raised:
-        await send(MessageIntake(publisher, store, idempotency_wait_seconds=0.1))
+        await send(intake(publisher, store, idempotency_wait_seconds=0.1))
 
     assert raised.value.details == [{"field": "Idempotency-Key", "reason": "is held by a request still in progress"}]
     assert 2 <= store.claims < 100
@@ -104,21 +116,21 @@ async def test_a_first_request_still_in_progress_after_the_wait_is_a_409() -> No
 
 async def test_a_publish_the_broker_refused_releases_the_key_so_the_retry_sends_at_once() -> None:
     publisher, store = RecordingPublisher(), MemoryKeyStore()
-    intake = MessageIntake(publisher, store, idempotency_wait_seconds=5)
+    sender = intake(publisher, store, idempotency_wait_seconds=5)
     publisher.fail = True
 
     with pytest.raises(BrokerUnavailable):
-        await send(intake)
+        await send(sender)
 
-    assert (list(store.keys), store.published, store.released) == (["order-42"], set(), {"order-42"})
+    assert (list(store.keys), store.published, store.released) == ([KEY], set(), {KEY})
     publisher.fail = False
-    retried = await send(intake)
+    retried = await send(sender)
     [command] = publisher.published
     # The retry publishes the first request's command and answers with it: one message, whichever
     # of the two publishes reached the broker.
-    assert command == store.keys["order-42"][1]
+    assert command == store.keys[KEY][1]
     assert (retried.message.id, retried.replayed) == (command.message_id, True)
-    assert store.published == {"order-42"}
+    assert store.published == {KEY}
 
 
 async def test_a_refused_publish_is_refused_even_if_the_release_is_lost() -> None:
@@ -127,7 +139,7 @@ async def test_a_refused_publish_is_refused_even_if_the_release_is_lost() -> Non
     publisher.fail, store.mark_fails = True, True
 
     with pytest.raises(BrokerUnavailable):
-        await send(MessageIntake(publisher, store, idempotency_wait_seconds=5))
+        await send(intake(publisher, store, idempotency_wait_seconds=5))
 
     assert (publisher.published, store.marked) == ([], [])
 
@@ -137,7 +149,7 @@ async def test_a_queued_message_is_accepted_even_if_the_store_misses_that_it_was
     store = ScriptedKeyStore(ClaimState.CLAIMED)
     store.mark_fails = True
 
-    accepted = await send(MessageIntake(publisher, store, idempotency_wait_seconds=5))
+    accepted = await send(intake(publisher, store, idempotency_wait_seconds=5))
 
     assert publisher.published == [store.stored]
     assert accepted.message.id == store.stored.message_id
@@ -146,12 +158,12 @@ async def test_a_queued_message_is_accepted_even_if_the_store_misses_that_it_was
 async def test_the_first_request_of_a_key_sends_its_own_command() -> None:
     publisher, store = RecordingPublisher(), MemoryKeyStore()
 
-    accepted = await send(MessageIntake(publisher, store, idempotency_wait_seconds=5))
+    accepted = await send(intake(publisher, store, idempotency_wait_seconds=5))
 
     [command] = publisher.published
     assert isinstance(command, SendMessage)
     assert (accepted.message.id, accepted.replayed) == (command.message_id, False)
-    assert store.published == {"order-42"}
+    assert store.published == {KEY}
 
 
 def test_the_fingerprint_is_the_normalized_request() -> None:
@@ -176,7 +188,9 @@ async def test_a_key_store_that_answers_an_error_is_unavailable(aiohttp_client: 
     upstream = web.Application()
     upstream.router.add_post("/{tail:.*}", failing)
     client = await aiohttp_client(upstream)
-    store = HttpKeyStore(ConversationService(client.session, str(client.make_url(""))), timeout_seconds=5)
+    store = ConversationServiceClient(
+        client.session, str(client.make_url("")), ClientTimeouts(5, 5, 5), cache_seconds=0, clock=lambda: 0.0
+    )
     claim = KeyClaimRequest(key="order-42", request_fingerprint="f", command=send_message())
 
     with pytest.raises(ServiceUnavailable):

@@ -9,8 +9,10 @@ from openapi_spec_validator import validate
 
 from conversation_service.pagination import MAX_BIGINT as MAX_ID
 from gateway.app import create_app
-from gateway.openapi import DOCS_PATH, OPENAPI_PATH
+from gateway.auth import ROUTE_ACCESS
+from gateway.openapi import DOCS_PATH, OPENAPI_PATH, SECURITY_SCHEME
 from gateway.settings import GatewaySettings
+from tests.factories import production_settings
 from tests.fakes import MemoryKeyStore, RecordingPublisher
 
 SETTINGS = GatewaySettings(conversation_service_url="http://127.0.0.1:1", sms_body_max_chars=160)
@@ -116,3 +118,36 @@ async def test_the_docs_page_renders_the_description(client: TestClient) -> None
     page = await response.text()
     assert f'url: "{OPENAPI_PATH}"' in page
     assert "swagger-ui-bundle.js" in page
+
+
+def test_each_operation_declares_the_scope_its_route_enforces(document: dict[str, Any]) -> None:
+    access = gateway_app()[ROUTE_ACCESS]
+    scheme = document["components"]["securitySchemes"][SECURITY_SCHEME]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+
+    keyed = 0
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            scope = access[path].scope if path in access else None
+            if scope is None:
+                assert operation["security"] == [], path
+                continue
+            keyed += 1
+            # The development profile's gateway also answers without a key: `{}`, no credentials.
+            assert operation["security"] == [{SECURITY_SCHEME: [scope.value]}, {}], path
+            assert f"`{scope}` scope" in operation["description"], path
+            assert {"401", "403", "429"} <= set(operation["responses"]), path
+            assert "Retry-After" in operation["responses"]["429"]["headers"], path
+    assert keyed == 6
+    assert "415" in document["paths"]["/api/messages/email"]["post"]["responses"]
+
+
+async def test_in_production_every_keyed_operation_requires_its_key(aiohttp_client: Any) -> None:
+    settings = production_settings(GatewaySettings, conversation_service_url="http://127.0.0.1:1")
+    client = await aiohttp_client(create_app(settings, publisher=RecordingPublisher(), key_store=MemoryKeyStore()))
+    document = await (await client.get(OPENAPI_PATH)).json()
+
+    validate(document)
+    assert document["paths"]["/api/messages/sms"]["post"]["security"] == [{SECURITY_SCHEME: ["send"]}]
+    assert document["paths"]["/api/conversations"]["get"]["security"] == [{SECURITY_SCHEME: ["read"]}]
+    assert document["paths"]["/api/webhooks/sms"]["post"]["security"] == []

@@ -1,0 +1,207 @@
+"""conversation_service as the gateway reaches it: one client, on one HTTP session carrying the
+service token, for the reads it relays, the Idempotency-Keys it claims, the API keys it verifies and
+the address owners it asks about. One rule for failure: unreachable, slow or erring is a 503.
+"""
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import aiohttp
+from aiohttp import web
+from pydantic import BaseModel
+
+from common.accounts import (
+    ACCOUNT_HEADER,
+    ADDRESS_OWNER_PATH,
+    VERIFY_KEY_PATH,
+    AddressOwner,
+    AddressOwnerQuery,
+    KeyIdentity,
+    KeyVerification,
+)
+from common.context import current_account
+from common.errors import ServiceUnavailable
+from common.idempotency import (
+    CLAIM_PATH,
+    PUBLISHED_PATH,
+    RELEASED_PATH,
+    KeyClaim,
+    KeyClaimRequest,
+    KeyPublished,
+    KeyReleased,
+)
+
+log = logging.getLogger(__name__)
+
+ValueT = TypeVar("ValueT")
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+# Enough for every key and address a busy deployment uses within a few seconds; past it the oldest
+# answers go first, so a flood of made-up keys cannot grow the gateway's memory.
+CACHE_ENTRIES = 50_000
+
+
+@dataclass(frozen=True)
+class UpstreamAnswer:
+    status: int
+    body: bytes
+    content_type: str
+
+
+@dataclass(frozen=True)
+class ClientTimeouts:
+    read_seconds: float
+    key_store_seconds: float
+    auth_seconds: float
+
+
+class ExpiringCache(Generic[ValueT]):
+    """Answers kept for `ttl_seconds` by the loop's clock; a TTL of 0 keeps nothing."""
+
+    def __init__(self, ttl_seconds: float, clock: Callable[[], float], max_entries: int = CACHE_ENTRIES) -> None:
+        self._ttl_seconds = ttl_seconds
+        self._clock = clock
+        self._max_entries = max_entries
+        self._entries: dict[str, tuple[float, ValueT]] = {}
+
+    def get(self, key: str) -> tuple[bool, ValueT | None]:
+        """(found, value): a cached "nobody" is found with the value None."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return False, None
+        expires, value = entry
+        if expires <= self._clock():
+            del self._entries[key]
+            return False, None
+        return True, value
+
+    def put(self, key: str, value: ValueT) -> None:
+        if self._ttl_seconds <= 0:
+            return
+        self._entries.pop(key, None)
+        while len(self._entries) >= self._max_entries:
+            del self._entries[next(iter(self._entries))]
+        self._entries[key] = (self._clock() + self._ttl_seconds, value)
+
+
+class ConversationServiceClient:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        timeouts: ClientTimeouts,
+        *,
+        cache_seconds: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._session = session
+        self._base_url = base_url.rstrip("/")
+        self._timeouts = timeouts
+        self._keys: ExpiringCache[KeyIdentity] = ExpiringCache(cache_seconds, clock)
+        self._owners: ExpiringCache[uuid.UUID | None] = ExpiringCache(cache_seconds, clock)
+
+    # Reads: relayed for the account in hand, as they came, so a page costs no JSON round trip.
+
+    async def read(self, path: str, query: Mapping[str, str]) -> UpstreamAnswer:
+        headers = {ACCOUNT_HEADER: str(current_account())}
+        async with self._request("GET", path, self._timeouts.read_seconds, params=query, headers=headers) as response:
+            return UpstreamAnswer(response.status, await response.read(), response.content_type)
+
+    # Idempotency-Keys (the intake's KeyStore).
+
+    async def claim(self, request: KeyClaimRequest) -> KeyClaim:
+        return KeyClaim.model_validate_json(await self._post(CLAIM_PATH, request, self._timeouts.key_store_seconds))
+
+    async def mark_published(self, published: KeyPublished) -> None:
+        await self._post(PUBLISHED_PATH, published, self._timeouts.key_store_seconds)
+
+    async def release(self, released: KeyReleased) -> None:
+        await self._post(RELEASED_PATH, released, self._timeouts.key_store_seconds)
+
+    # Accounts: who holds a key, who owns an address.
+
+    async def verify_key(self, key_hash: str) -> KeyIdentity | None:
+        """The key's holder and scopes; None for a key that is unknown, revoked or expired.
+
+        Only a known key's answer is kept: a key created a moment ago works at once.
+        """
+        found, identity = self._keys.get(key_hash)
+        if found:
+            return identity
+        identity = await self._ask(VERIFY_KEY_PATH, KeyVerification(key_hash=key_hash), KeyIdentity)
+        if identity is not None:
+            self._keys.put(key_hash, identity)
+        return identity
+
+    async def owner_of(self, address: str) -> uuid.UUID | None:
+        """The account that owns a normalized address; None when no account does."""
+        found, owner = self._owners.get(address)
+        if found:
+            return owner
+        answer = await self._ask(ADDRESS_OWNER_PATH, AddressOwnerQuery(address=address), AddressOwner)
+        owner = answer.account_id if answer is not None else None
+        self._owners.put(address, owner)
+        return owner
+
+    async def _ask(self, path: str, body: BaseModel, answer: type[ModelT]) -> ModelT | None:
+        """conversation_service's answer, or None where it says there is none (404)."""
+        async with self._request("POST", path, self._timeouts.auth_seconds, **_json_body(body)) as response:
+            if response.status == 404:
+                return None
+            _expect_success(response, path)
+            return answer.model_validate_json(await response.read())
+
+    async def _post(self, path: str, body: BaseModel, timeout_seconds: float) -> bytes:
+        async with self._request("POST", path, timeout_seconds, **_json_body(body)) as response:
+            _expect_success(response, path)
+            return await response.read()
+
+    @asynccontextmanager
+    async def _request(
+        self, method: str, path: str, timeout_seconds: float, **options: Any
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The response to `method path`; a failure to reach it or to read it is a `ServiceUnavailable`."""
+        try:
+            async with self._session.request(
+                method, f"{self._base_url}{path}", timeout=aiohttp.ClientTimeout(total=timeout_seconds), **options
+            ) as response:
+                yield response
+        except (aiohttp.ClientError, TimeoutError) as error:
+            # The detail names internal hosts: it is for the log, not for the client.
+            log.warning("conversation service unavailable", extra={"path": path, "error": repr(error)})
+            raise ServiceUnavailable("the conversation service is unavailable; retry later") from error
+
+
+def _json_body(body: BaseModel) -> dict[str, Any]:
+    return {"data": body.model_dump_json(), "headers": {"Content-Type": "application/json"}}
+
+
+def _expect_success(response: aiohttp.ClientResponse, path: str) -> None:
+    if response.status >= 400:
+        # A 401 here means the two services disagree on INTERNAL_SERVICE_TOKEN: an operator's problem.
+        log.warning("conversation service refused a call", extra={"path": path, "status": response.status})
+        raise ServiceUnavailable("the conversation service is unavailable; retry later")
+
+
+CONVERSATION_SERVICE = web.AppKey("conversation_service", ConversationServiceClient)
+
+
+def conversation_service_ctx(
+    base_url: str, service_token: str, timeouts: ClientTimeouts, *, cache_seconds: float
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Every call carries the service token: conversation_service answers nobody else."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {service_token}"}) as session:
+            loop = asyncio.get_running_loop()
+            app[CONVERSATION_SERVICE] = ConversationServiceClient(
+                session, base_url, timeouts, cache_seconds=cache_seconds, clock=loop.time
+            )
+            yield
+
+    return ctx
