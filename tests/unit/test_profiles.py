@@ -41,7 +41,7 @@ def test_production_names_every_secret_left_at_its_default() -> None:
     [
         ("amqp_url", "amqp://guest:guest@rabbitmq:5672/"),
         ("amqp_url", "amqp://messaging@rabbitmq:5672/"),
-        ("database_url", "postgresql://messaging_user:messaging_password@postgres:5432/messaging_service"),
+        ("database_url", "postgresql://messaging_app:messaging_app_password@postgres:5432/messaging_service"),
         ("database_url", "postgresql://postgres:postgres@postgres:5432/messaging_service"),
         ("internal_service_token", ""),
     ],
