@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from common.accounts import ACCOUNT_HEADER
+from common.context import current_account
 from gateway.upstream import ConversationService
 
 
@@ -22,7 +24,11 @@ class ConversationReader:
 
     async def get(self, path: str, query: Mapping[str, str]) -> UpstreamAnswer:
         """The upstream answer as it came: relaying the bytes costs no JSON round trip."""
-        async with self._upstream.request("GET", path, params=query, timeout_seconds=self._timeout_seconds) as response:
+        # The account the caller's key authenticated: conversation_service shows it only its own.
+        headers = {ACCOUNT_HEADER: str(current_account())}
+        async with self._upstream.request(
+            "GET", path, params=query, headers=headers, timeout_seconds=self._timeout_seconds
+        ) as response:
             return UpstreamAnswer(response.status, await response.read(), response.content_type)
 
 
