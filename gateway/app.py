@@ -9,17 +9,21 @@ from gateway.auth import development_account_middleware
 from gateway.handlers import MessageIntake
 from gateway.idempotency import HttpKeyStore, KeyStore
 from gateway.openapi import add_openapi_routes
+from gateway.quarantine import quarantine_ctx
 from gateway.reads import CONVERSATION_READER, ConversationReader
 from gateway.settings import GatewaySettings
 from gateway.upstream import CONVERSATION_SERVICE, conversation_service_ctx
-from gateway.views import MESSAGE_INTAKE, VALIDATION_RULES, add_routes
+from gateway.views import MESSAGE_INTAKE, VALIDATION_RULES, add_routes, webhooks_ctx
 
 
 def create_app(
-    settings: GatewaySettings, *, publisher: ContractPublisher | None = None, key_store: KeyStore | None = None
+    settings: GatewaySettings,
+    *,
+    publisher: ContractPublisher | None = None,
+    key_store: KeyStore | None = None,
 ) -> web.Application:
-    """The public API. Tests pass a fake `publisher` to run without a broker, and a fake `key_store`
-    to keep Idempotency-Keys without conversation_service."""
+    """The public API. Tests pass a fake `publisher` to run without a broker (refused webhooks are
+    published to it too), and a fake `key_store` to keep Idempotency-Keys without conversation_service."""
     app = web.Application(
         middlewares=[error_middleware, development_account_middleware], client_max_size=settings.max_request_bytes
     )
@@ -28,7 +32,9 @@ def create_app(
     if publisher is None:
         app.cleanup_ctx.append(broker_ctx(settings))
     app.cleanup_ctx.append(conversation_service_ctx(settings.conversation_service_url, settings.internal_service_token))
+    app.cleanup_ctx.append(quarantine_ctx(publisher))
     app.cleanup_ctx.append(_handlers_ctx(settings, publisher, key_store))
+    app.cleanup_ctx.append(webhooks_ctx(settings))
     add_routes(app)
     add_openapi_routes(app, settings)
     return app
