@@ -20,6 +20,12 @@ SENDGRID_SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 SENDGRID_TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
 XILLIO_SIGNATURE_HEADER = "X-Xillio-Signature"
 
+# The development profile's secrets, shared by the gateway and the mocks so that `make run` verifies
+# what the mocks sign; production refuses to start with either. The email events' key pair has no
+# default: bin/setup.sh generates one into .env.
+DEVELOPMENT_SMS_WEBHOOK_AUTH_TOKEN = "development-sms-webhook-auth-token"
+DEVELOPMENT_EMAIL_WEBHOOK_SECRET = "development-email-webhook-secret"
+
 
 def twilio_signature(auth_token: str, url: str, params: Mapping[str, str] | MultiDict[str] | None) -> str:
     """Twilio's X-Twilio-Signature: base64 HMAC-SHA1 of the full URL followed by the form parameters

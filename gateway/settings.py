@@ -4,6 +4,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import Field, field_validator, model_validator
 
 from common.settings import Profile, ServiceSettings, ServiceTokenSettings, secret
+from common.webhook_signing import DEVELOPMENT_EMAIL_WEBHOOK_SECRET, DEVELOPMENT_SMS_WEBHOOK_AUTH_TOKEN
 from gateway.requests import ValidationRules
 from gateway.signatures import load_public_key
 
@@ -40,10 +41,10 @@ class GatewaySettings(ServiceSettings, ServiceTokenSettings):
         "came to",
     )
     sms_webhook_auth_token: str = secret(
-        "development-sms-webhook-auth-token", "The SMS provider's auth token, which signs X-Twilio-Signature"
+        DEVELOPMENT_SMS_WEBHOOK_AUTH_TOKEN, "The SMS provider's auth token, which signs X-Twilio-Signature"
     )
     email_webhook_secret: str = secret(
-        "development-email-webhook-secret", "The secret of X-Xillio-Signature on inbound email"
+        DEVELOPMENT_EMAIL_WEBHOOK_SECRET, "The secret of X-Xillio-Signature on inbound email"
     )
     email_events_public_key: str = secret(
         "",
