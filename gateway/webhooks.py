@@ -15,6 +15,7 @@ from multidict import CIMultiDict
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from yarl import URL
 
+from common import context
 from common.errors import InvalidRequest
 from common.forms import parse_form
 from common.http import request_validation
@@ -166,6 +167,7 @@ class Webhooks:
         return self._public_base_url or arrived_at
 
     async def handle(self, request: WebhookRequest, correlation_id: uuid.UUID) -> WebhookAnswer:
+        context.correlation_id.set(correlation_id)
         scheme_of, accept = self._routes[request.webhook]
         scheme = scheme_of(request)
         if scheme is not None:
