@@ -40,7 +40,12 @@ def _without_tags(markup: str) -> str:
 
 def subject_of(body: str) -> str:
     """The public API has no subject, and the provider requires one: the start of the body's text."""
-    text = WHITESPACE.sub(" ", html.unescape(_without_tags(body[:SUBJECT_SCAN_CHARS]))).strip()
+    start = body[:SUBJECT_SCAN_CHARS]
+    cut = start.rfind("<")
+    if len(body) > SUBJECT_SCAN_CHARS and cut > start.rfind(">"):
+        # A tag the scan cut in two is no text.
+        start = start[:cut]
+    text = WHITESPACE.sub(" ", html.unescape(_without_tags(start))).strip()
     if len(text) > SUBJECT_MAX_CHARS:
         text = text[: SUBJECT_MAX_CHARS - 1].rstrip() + "…"
     return text or "(no subject)"
