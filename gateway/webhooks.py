@@ -200,10 +200,13 @@ class Webhooks:
         else:
             # Twilio posts a form; the same fields as a JSON object are taken too.
             fields = dict(parse_form(request.body, charset))
-        # Our message id is in the query of the callback URL the channel service gave the provider.
-        query = URL(request.path_qs, encoded=True).query
+        # Our message id is in the query of the callback URL the channel service gave the provider;
+        # nothing else is taken from there.
+        message_id = URL(request.path_qs, encoded=True).query.get("message_id")
+        if message_id is not None:
+            fields["message_id"] = message_id
         with request_validation():
-            report = SmsStatusCallback.model_validate({**fields, **query})
+            report = SmsStatusCallback.model_validate(fields)
         return await self._report(request, [report], correlation_id)
 
     async def _email_status(self, request: WebhookRequest, correlation_id: uuid.UUID) -> WebhookAnswer:
