@@ -21,6 +21,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from pydantic import ValidationError
 from twilio.request_validator import RequestValidator
 
 from common import context
@@ -381,3 +382,70 @@ async def test_a_quarantined_webhook_passes_once_the_secret_is_fixed(
     [received] = fixed_publisher.published
     assert isinstance(received, MessageReceived)
     assert received.provider_message_id == EMAIL_INBOUND["xillio_id"]
+
+
+async def test_a_refused_webhook_that_cannot_be_kept_is_a_503_so_the_provider_retries(
+    production: TestClient, publisher: RecordingPublisher
+) -> None:
+    publisher.fail = True
+    post = email_inbound(Signing(email_secret="not-the-secret"))
+
+    response = await send(production, post)
+
+    assert response.status == 503, await response.text()
+    assert publisher.published == []
+
+
+def production_environment(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
+    monkeypatch.setenv("MESSAGING_PROFILE", "production")
+    monkeypatch.setenv("BIND_HOST", "0.0.0.0")
+    monkeypatch.setenv("AMQP_URL", "amqp://messaging:a-real-password@rabbitmq:5672/")
+    monkeypatch.setenv("INTERNAL_SERVICE_TOKEN", "an-internal-token-of-production")
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_production_names_each_webhook_secret_it_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    production_environment(monkeypatch)
+
+    with pytest.raises(ValidationError) as refused:
+        GatewaySettings()
+
+    message = str(refused.value)
+    for name in ("SMS_WEBHOOK_AUTH_TOKEN", "EMAIL_WEBHOOK_SECRET", "EMAIL_EVENTS_PUBLIC_KEY"):
+        assert name in message
+
+
+def test_production_needs_the_public_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    production_environment(
+        monkeypatch,
+        SMS_WEBHOOK_AUTH_TOKEN="a-twilio-auth-token",
+        EMAIL_WEBHOOK_SECRET="a-xillio-secret",
+        EMAIL_EVENTS_PUBLIC_KEY=public_key_setting(EVENTS_KEY),
+    )
+    with pytest.raises(ValidationError, match="PUBLIC_BASE_URL"):
+        GatewaySettings()
+
+    monkeypatch.setenv("PUBLIC_BASE_URL", "https://api.example.com")
+    assert GatewaySettings().public_base_url == "https://api.example.com"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("not base64!", "base64 DER"),
+        (base64.b64encode(b"not a key").decode(), "base64 DER"),
+        (
+            base64.b64encode(
+                ec.generate_private_key(ec.SECP384R1())
+                .public_key()
+                .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+            ).decode(),
+            "P-256",
+        ),
+    ],
+    ids=["not base64", "not DER", "another curve"],
+)
+def test_an_unreadable_events_public_key_is_refused_at_start(value: str, reason: str) -> None:
+    with pytest.raises(ValidationError, match=reason):
+        GatewaySettings(email_events_public_key=value)
