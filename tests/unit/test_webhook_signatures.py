@@ -224,13 +224,14 @@ async def assert_refused(response: Any, publisher: RecordingPublisher, post: Pos
     assert error["details"][0]["reason"]
     [entry] = publisher.published
     assert isinstance(entry, QuarantinedWebhook)
-    assert (entry.method, entry.url, entry.path_qs, entry.body) == (
+    kept = entry.request
+    assert (kept.method, kept.url, kept.path_qs, kept.body) == (
         "POST",
         BASE_URL + post.path_qs,
         post.path_qs,
         post.body,
     )
-    kept_headers = dict(entry.headers)
+    kept_headers = dict(kept.headers)
     assert all(kept_headers.get(name) == value for name, value in post.headers.items())
     assert entry.reason == error["details"][0]["reason"]
     return entry.reason
@@ -365,7 +366,10 @@ async def test_a_quarantined_webhook_passes_once_the_secret_is_fixed(
     post = email_inbound(Signing(at=an_hour_ago))
     await assert_refused(await send(await aiohttp_client(misconfigured), post), publisher, post, WEBHOOKS_SIGNED[2])
     [arrived_now] = quarantined(publisher)
-    arrived_an_hour_ago = arrived_now.model_copy(update={"occurred_at": datetime.fromtimestamp(an_hour_ago, UTC)})
+    an_hour_ago_received = arrived_now.request.model_copy(
+        update={"received_at": datetime.fromtimestamp(an_hour_ago, UTC)}
+    )
+    arrived_an_hour_ago = arrived_now.model_copy(update={"request": an_hour_ago_received})
 
     fixed_publisher = RecordingPublisher()
     fixed = await aiohttp_client(
@@ -374,8 +378,8 @@ async def test_a_quarantined_webhook_passes_once_the_secret_is_fixed(
     webhooks = fixed.app[WEBHOOKS]
     context.account_id.set(DEVELOPMENT_ACCOUNT_ID)  # as the authentication middleware would
     with pytest.raises(SignatureRefused, match="timestamp"):
-        await webhooks.handle(arrived_now.request(webhooks.origin_for(arrived_now.origin)), uuid.uuid4())
-    replayed = arrived_an_hour_ago.request(webhooks.origin_for(arrived_an_hour_ago.origin))
+        await webhooks.handle(arrived_now.replayed_at(webhooks.origin_for(arrived_now.request.origin)), uuid.uuid4())
+    replayed = arrived_an_hour_ago.replayed_at(webhooks.origin_for(arrived_an_hour_ago.request.origin))
     answer = await webhooks.handle(replayed, arrived_an_hour_ago.correlation_id)
 
     assert answer.status == 202
