@@ -110,7 +110,8 @@ class Post:
 
 def twilio_json(path: str, document: Any, signing: Signing) -> Post:
     body = json.dumps(document).encode()
-    path_qs = f"{path}?bodySHA256={hashlib.sha256(body).hexdigest()}"
+    separator = "&" if "?" in path else "?"
+    path_qs = f"{path}{separator}bodySHA256={hashlib.sha256(body).hexdigest()}"
     signature = RequestValidator(signing.sms_token).compute_signature(BASE_URL + path_qs, {})
     return Post(path_qs, body, {"Content-Type": "application/json", "X-Twilio-Signature": signature})
 
@@ -124,6 +125,10 @@ def sms_status(signing: Signing, message_id: uuid.UUID = OURS) -> Post:
     body = "&".join(f"{name}={value.replace('+', '%2B')}" for name, value in SMS_STATUS_FORM).encode()
     signature = RequestValidator(signing.sms_token).compute_signature(BASE_URL + path_qs, dict(SMS_STATUS_FORM))
     return Post(path_qs, body, {"Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": signature})
+
+
+def sms_status_as_json(signing: Signing) -> Post:
+    return twilio_json(f"/api/webhooks/sms/status?message_id={OURS}", dict(SMS_STATUS_FORM), signing)
 
 
 def xillio(path: str, document: Any, signing: Signing) -> Post:
@@ -184,6 +189,7 @@ WEBHOOKS_SIGNED = [
     Webhook("email status", email_status, 200, DeliveryReported, SENDGRID, True, WRONG_KEY),
     Webhook("inbound alias, sms", compatible_sms, 202, MessageReceived, TWILIO, False, WRONG_SMS),
     Webhook("inbound alias, email", compatible_email, 202, MessageReceived, XILLIO, True, WRONG_EMAIL),
+    Webhook("sms status as JSON", sms_status_as_json, 200, DeliveryReported, TWILIO, False, WRONG_SMS),
 ]
 each_webhook = pytest.mark.parametrize("webhook", WEBHOOKS_SIGNED, ids=lambda webhook: webhook.name)
 
