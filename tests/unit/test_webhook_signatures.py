@@ -459,3 +459,20 @@ def test_production_needs_the_public_base_url(monkeypatch: pytest.MonkeyPatch) -
 def test_an_unreadable_events_public_key_is_refused_at_start(value: str, reason: str) -> None:
     with pytest.raises(ValidationError, match=reason):
         GatewaySettings(email_events_public_key=value)
+
+
+@pytest.mark.parametrize("value", ["é", "not base64 at all", "", "t=é,v1=é", "🙂"], ids=repr)
+@each_webhook
+async def test_a_signature_header_of_any_text_is_a_403_not_a_500(
+    production: TestClient, publisher: RecordingPublisher, webhook: Webhook, value: str
+) -> None:
+    signed = webhook.post(Signing())
+    # The signature itself; a timestamp beside it stays valid, so that the signature is what is read.
+    post = Post(signed.path_qs, signed.body, {**signed.headers, webhook.signature_headers[0]: value})
+
+    response = await production.post(
+        post.path_qs, data=post.body, headers={name: v.encode().decode("latin-1") for name, v in post.headers.items()}
+    )
+
+    assert response.status == 403, await response.text()
+    assert len(quarantined(publisher)) == 1
