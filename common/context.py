@@ -30,3 +30,9 @@ def current_account() -> uuid.UUID:
     if account is None:
         raise RuntimeError("no account in context: the authentication middleware did not run")
     return account
+
+
+def current_correlation_id() -> uuid.UUID:
+    """The correlation id of the request or delivery in hand. Outside one (a replay, a test calling a
+    handler directly) each call starts a trail of its own."""
+    return correlation_id.get() or uuid.uuid4()

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from common import context
 from common.broker import BrokerUnavailable, ContractPublisher
-from common.context import current_account
+from common.context import current_account, current_correlation_id
 from common.contracts import (
     Channel,
     DeliveryReported,
@@ -69,11 +69,6 @@ def request_fingerprint(request: SendRequest) -> str:
     timestamp = request.timestamp.isoformat() if request.timestamp is not None else None
     canonical = [request.channel, request.from_address, request.to, request.body, request.attachments or [], timestamp]
     return hashlib.sha256(json.dumps(canonical).encode()).hexdigest()
-
-
-def _correlation_id() -> uuid.UUID:
-    # Outside a request (a replay, a test calling the intake directly) each call starts a trail of its own.
-    return context.correlation_id.get() or uuid.uuid4()
 
 
 class AcceptedMessage(BaseModel):
@@ -153,7 +148,7 @@ class MessageIntake:
         command = SendMessage(
             message_id=uuid.uuid4(),
             account_id=account,
-            correlation_id=_correlation_id(),
+            correlation_id=current_correlation_id(),
             content=request.to_content(),
         )
         if idempotency_key is None:
@@ -233,7 +228,7 @@ class MessageIntake:
             # Derived from the provider's id, so a webhook the provider retries is the same message.
             message_id=inbound_message_id(provider, provider_message_id),
             account_id=owner,
-            correlation_id=_correlation_id(),
+            correlation_id=current_correlation_id(),
             provider=provider,
             provider_message_id=provider_message_id,
             content=webhook.to_content(),
@@ -246,7 +241,7 @@ class MessageIntake:
     async def report_deliveries(self, reports: Sequence[DeliveryReport]) -> int:
         """Publish a receipt for every report with a final outcome, all confirmed before this returns;
         how many. A provider retries the whole batch if one publish fails: receipts are idempotent."""
-        correlation_id = _correlation_id()
+        correlation_id = current_correlation_id()
         receipts = [
             DeliveryReported(
                 message_id=report.message_id,

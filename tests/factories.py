@@ -28,6 +28,7 @@ from common.contracts import (
     inbound_message_id,
 )
 from common.settings import Profile, ServiceTokenSettings
+from email_service.mock_keys import generate_event_keys
 
 OUR_PHONE = "+12016661234"
 THEIR_PHONE = "+18045551234"
@@ -244,9 +245,13 @@ def production_settings(kind: type[SettingsT], **values: Any) -> SettingsT:
         if name in values or not (isinstance(extra, dict) and extra.get("secret")):
             continue
         default = field.default
-        if isinstance(default, str) and "://" in default:
+        if name == "email_events_public_key":
+            values[name] = generate_event_keys()["EMAIL_EVENTS_PUBLIC_KEY"]
+        elif isinstance(default, str) and "://" in default:
             url = URL(default)
             values[name] = str(url.with_user(url.user or "messaging").with_password(f"test-{uuid.uuid4().hex}"))
         else:
             values[name] = f"test-secret-{uuid.uuid4().hex}"
+    if "public_base_url" in kind.model_fields:
+        values.setdefault("public_base_url", "https://messaging.example.com")
     return kind(messaging_profile=Profile.PRODUCTION, **values)
