@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 
 .PHONY: help setup run test test-unit test-integration test-e2e lint tour migrate bench
-.PHONY: dead-letters replay-dead-letters
+.PHONY: dead-letters replay-dead-letters quarantine replay-quarantine
 .PHONY: test-faults
 
 help:
@@ -14,6 +14,8 @@ help:
 	@echo "make bench  - load a running stack and print its throughput and latency (bin/benchmark.py)"
 	@echo "make dead-letters        - list every dead-letter queue's messages and why they died (ARGS='--queue Q --limit N')"
 	@echo "make replay-dead-letters - move dead letters back to their queues (ARGS='--queue Q --limit N --message-id ID')"
+	@echo "make quarantine          - list the webhooks refused for their signature: why, when, URL, body (ARGS='--limit N')"
+	@echo "make replay-quarantine   - verify them again with the current secrets; publish those that pass (ARGS='--limit N')"
 	@echo "make lint   - ruff"
 
 setup:
@@ -51,6 +53,12 @@ dead-letters:
 
 replay-dead-letters:
 	$(PY) -m common.dead_letters replay $(ARGS)
+
+quarantine:
+	$(PY) -m gateway.quarantine list $(ARGS)
+
+replay-quarantine:
+	$(PY) -m gateway.quarantine replay $(ARGS)
 
 lint: setup
 	$(PY) -m ruff check .

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything a fresh clone needs before the stack can run or be tested, each step skipped when done:
-# the virtualenv and its packages, reachable PostgreSQL and RabbitMQ, the database role, database and schema.
+# the virtualenv and its packages, the email mock's signing keys in .env, reachable PostgreSQL and
+# RabbitMQ, the database role, database and schema.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +36,16 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
         exit 1
     fi
     touch "$stamp"
+fi
+
+# The email mock signs its event webhook as SendGrid does, with a key pair of this clone's own: the
+# mock reads the private key from .env, the gateway the public one.
+if [ -z "${EMAIL_EVENTS_PRIVATE_KEY:-}" ] && ! grep -qs '^EMAIL_EVENTS_PRIVATE_KEY=' .env; then
+    say "generating the email mock's event-signing key pair into .env"
+    if [ -s .env ] && [ -n "$(tail -c 1 .env)" ]; then
+        echo >>.env
+    fi
+    "$VENV/bin/python" -m email_service.mock_keys >>.env
 fi
 
 if ! "$VENV/bin/python" bin/preflight.py 2>/dev/null; then

@@ -59,6 +59,8 @@ class Topology:
         self.conversation_events = QueueSpec(
             f"{prefix}conversation_service.events", ("outbound.*", "inbound.*", "status.*", "receipt.*")
         )
+        # Refused webhooks, kept for replay; the gateway declares it (gateway.quarantine), no service consumes it.
+        self.quarantine = QueueSpec(f"{prefix}gateway.quarantine", ("quarantine.webhook",))
 
     @property
     def queues(self) -> tuple[QueueSpec, ...]:

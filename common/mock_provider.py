@@ -8,6 +8,12 @@ then runs as its own small HTTP server with these routes besides the send:
 - `GET /messages`, `DELETE /messages`: inspect and reset what it took.
 - `GET /control`: the behaviour in force; `PATCH /control`: change some of it (a JSON object of
   `MockBehaviour` fields); `DELETE /control`: back to the behaviour it was started with.
+- `POST /simulate/inbound`: post, signed, an inbound message to the gateway's inbound webhook as
+  the provider would (a JSON object in the public API's inbound shape; the provider's id and a
+  timestamp are filled in when missing); answers with the webhook's status and body.
+
+Everything a mock posts is signed with its provider's scheme (`sign_receipt`, `sign_inbound`), with
+the secret the gateway checks: development defaults match (`common.webhook_signing`).
 
 A send is answered, in this order: after `latency_seconds`; refused as the real API would; a
 repeated idempotency key of an accepted send gets the original answer; a magic address fails its
@@ -20,6 +26,7 @@ import dataclasses
 import json
 import logging
 import time
+import urllib.parse
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -33,8 +40,10 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from tenacity import AsyncRetrying, RetryError, retry_if_exception_type, stop_after_attempt, wait_exponential
+from yarl import URL
 
 from common.contracts import utcnow
+from common.errors import InvalidRequest, ServiceUnavailable
 from common.health import add_health_routes
 from common.http import error_middleware, request_validation
 from common.logs import configure_logging
@@ -147,6 +156,26 @@ class Receipt:
     form: Sequence[tuple[str, str]] | None = None
     json: Any = None
 
+    def post(self, url: str) -> "Post":
+        if self.form is not None:
+            return Post(url, urllib.parse.urlencode(self.form).encode(), "application/x-www-form-urlencoded")
+        return Post.json(url, self.json)
+
+
+@dataclass(frozen=True)
+class Post:
+    """A request the mock makes, as bytes, so that what is signed is exactly what is sent. `url` is
+    as sent, already encoded."""
+
+    url: str
+    body: bytes
+    content_type: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, url: str, document: Any) -> Self:
+        return cls(url, json.dumps(document).encode(), "application/json")
+
 
 class MockProvider(ABC):
     name: str
@@ -177,6 +206,18 @@ class MockProvider(ABC):
     @abstractmethod
     def receipt(self, record: RecordedSend, delivered: bool, at: datetime) -> Receipt:
         """The receipt saying the send reached its recipient at `at`, or never will."""
+
+    @abstractmethod
+    def sign_receipt(self, post: Post, at: datetime) -> Post:
+        """The receipt's post as the provider signs it at `at`: its headers, and maybe its URL, changed."""
+
+    @abstractmethod
+    def sign_inbound(self, post: Post, at: datetime) -> Post:
+        """The same for an inbound message, which some providers sign with another scheme."""
+
+    # Where `POST /simulate/inbound` posts, and the field naming the provider's id of the message.
+    inbound_webhook_url: str | None = None
+    inbound_id_field: str
 
     def listing(self, record: RecordedSend) -> dict[str, Any]:
         return {
@@ -243,7 +284,7 @@ class ReceiptPoster:
 
     def __init__(self, provider: MockProvider, session: aiohttp.ClientSession) -> None:
         self._provider = provider
-        self._session = session
+        self.session = session
         self.pending: set[asyncio.Task[None]] = set()
 
     def schedule(self, url: str, record: RecordedSend, behaviour: MockBehaviour) -> None:
@@ -276,20 +317,29 @@ class ReceiptPoster:
             log.error("delivery receipt given up", extra={**context, "attempts": behaviour.receipt_attempts})
 
     async def _post(self, url: str, receipt: Receipt) -> None:
+        # Signed afresh for every attempt, as a provider dates each post it makes.
+        post = self._provider.sign_receipt(receipt.post(url), utcnow())
         try:
-            async with self._session.post(url, data=receipt.form, json=receipt.json) as response:
+            async with send_post(self.session, post) as response:
                 if response.status >= 300:
                     raise ReceiptNotTaken(f"HTTP {response.status}")
         except (aiohttp.ClientError, TimeoutError) as failure:
             raise ReceiptNotTaken(f"{type(failure).__name__}: {failure}") from failure
 
 
+def send_post(session: aiohttp.ClientSession, post: Post) -> Any:
+    # `encoded=True`: the URL goes out byte for byte as it was signed.
+    headers = {"Content-Type": post.content_type, **post.headers}
+    return session.post(URL(post.url, encoded=True), data=post.body, headers=headers)
+
+
 MOCK_PROVIDER: web.AppKey[MockProvider] = web.AppKey("mock_provider")
 MOCK_STATE = web.AppKey("mock_state", MockState)
 RECEIPTS = web.AppKey("receipts", ReceiptPoster)
 
-# A PATCH body must be a JSON object before its members are checked against `MockBehaviour`.
-BEHAVIOUR_CHANGES: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
+# A PATCH body must be a JSON object before its members are checked against `MockBehaviour`; so
+# must a simulated inbound message.
+JSON_OBJECT: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
 
 
 async def receipts_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -326,6 +376,7 @@ def create_mock_app(
     app.router.add_get("/control", show_behaviour)
     app.router.add_patch("/control", change_behaviour)
     app.router.add_delete("/control", reset_behaviour)
+    app.router.add_post("/simulate/inbound", simulate_inbound)
     return app
 
 
@@ -395,7 +446,7 @@ async def show_behaviour(request: web.Request) -> web.Response:
 async def change_behaviour(request: web.Request) -> web.Response:
     state = request.app[MOCK_STATE]
     with request_validation():
-        changes = BEHAVIOUR_CHANGES.validate_json(await request.read())
+        changes = JSON_OBJECT.validate_json(await request.read())
         state.behaviour = MockBehaviour.model_validate({**state.behaviour.model_dump(), **changes})
     return web.json_response(state.behaviour.model_dump())
 
@@ -404,3 +455,23 @@ async def reset_behaviour(request: web.Request) -> web.Response:
     state = request.app[MOCK_STATE]
     state.behaviour = state.configured
     return web.json_response(state.behaviour.model_dump())
+
+
+async def simulate_inbound(request: web.Request) -> web.Response:
+    """Post an inbound message to the gateway, signed, as the provider would; the webhook's answer."""
+    provider = request.app[MOCK_PROVIDER]
+    if not provider.inbound_webhook_url:
+        raise InvalidRequest("this mock has no inbound webhook URL configured")
+    with request_validation():
+        document = JSON_OBJECT.validate_json(await request.read())
+    now = utcnow()
+    document.setdefault(provider.inbound_id_field, provider.new_id())
+    document.setdefault("timestamp", now.isoformat())
+    post = provider.sign_inbound(Post.json(provider.inbound_webhook_url, document), now)
+    try:
+        async with send_post(request.app[RECEIPTS].session, post) as response:
+            answer = await response.text()
+            status = response.status
+    except (aiohttp.ClientError, TimeoutError) as failure:
+        raise ServiceUnavailable(f"the inbound webhook could not be reached: {failure!r}") from failure
+    return web.json_response({"webhook_status": status, "webhook_response": answer, "posted": document})

@@ -5,6 +5,8 @@ and changes at run time through `/control`; see `common.mock_provider`. Like Sen
 webhook, where its delivery events go is one setting for the whole account, not part of a send.
 """
 
+import base64
+import dataclasses
 import secrets
 import time
 from datetime import datetime
@@ -12,9 +14,20 @@ from random import Random
 from typing import Any
 
 from aiohttp import web
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from common import mock_provider as mock
 from common.settings import load_settings
+from common.webhook_signing import (
+    DEVELOPMENT_EMAIL_WEBHOOK_SECRET,
+    SENDGRID_SIGNATURE_HEADER,
+    SENDGRID_TIMESTAMP_HEADER,
+    XILLIO_SIGNATURE_HEADER,
+    sendgrid_payload,
+    xillio_header,
+    xillio_signature,
+)
 from email_service.settings import EmailMockBehaviourSettings, EmailMockProviderSettings
 
 # Addresses that always fail one way.
@@ -58,9 +71,19 @@ class SendGridMock(mock.MockProvider):
     attachments_field = "attachments"
     magic = MAGIC_ADDRESSES
     invalid_recipient = mock.SendRejected(400, "Does not contain a valid address.", "personalizations.0.to.0.email")
+    inbound_id_field = "xillio_id"
 
-    def __init__(self, event_webhook_url: str | None) -> None:
+    def __init__(
+        self,
+        event_webhook_url: str | None,
+        events_private_key: ec.EllipticCurvePrivateKey | None,
+        webhook_secret: str,
+        inbound_webhook_url: str | None,
+    ) -> None:
         self.event_webhook_url = event_webhook_url
+        self._events_private_key = events_private_key
+        self._webhook_secret = webhook_secret
+        self.inbound_webhook_url = inbound_webhook_url
 
     async def parse(self, request: web.Request) -> mock.RequestedSend:
         scheme, _, key = request.headers.get("Authorization", "").partition(" ")
@@ -123,22 +146,48 @@ class SendGridMock(mock.MockProvider):
             event["reason"] = BOUNCE_REASON
         return mock.Receipt(json=[event])
 
+    def sign_receipt(self, post: mock.Post, at: datetime) -> mock.Post:
+        """SendGrid's Signed Event Webhook: ECDSA over the timestamp and the body; unsigned without a key."""
+        if self._events_private_key is None:
+            return post
+        timestamp = str(int(at.timestamp()))
+        der = self._events_private_key.sign(sendgrid_payload(timestamp, post.body), ec.ECDSA(hashes.SHA256()))
+        headers = {SENDGRID_SIGNATURE_HEADER: base64.b64encode(der).decode(), SENDGRID_TIMESTAMP_HEADER: timestamp}
+        return dataclasses.replace(post, headers={**post.headers, **headers})
+
+    def sign_inbound(self, post: mock.Post, at: datetime) -> mock.Post:
+        """Inbound email comes from Xillio, signed with its HMAC."""
+        timestamp = str(int(at.timestamp()))
+        signature = xillio_header(timestamp, [xillio_signature(self._webhook_secret, timestamp, post.body)])
+        return dataclasses.replace(post, headers={**post.headers, XILLIO_SIGNATURE_HEADER: signature})
+
 
 def create_app(
     behaviour: mock.MockBehaviour | None = None,
     *,
     event_webhook_url: str | None = None,
+    events_private_key: ec.EllipticCurvePrivateKey | None = None,
+    webhook_secret: str = DEVELOPMENT_EMAIL_WEBHOOK_SECRET,
+    inbound_webhook_url: str | None = None,
     random_source: Random | None = None,
     clock: mock.Clock = time.monotonic,
 ) -> web.Application:
-    """`event_webhook_url` None: no delivery events, as for an account without an event webhook."""
-    provider = SendGridMock(event_webhook_url)
+    """`event_webhook_url` None: no delivery events, as for an account without an event webhook;
+    `events_private_key` None: events unsigned. `webhook_secret` signs what `POST /simulate/inbound`
+    posts to `inbound_webhook_url`."""
+    provider = SendGridMock(event_webhook_url, events_private_key, webhook_secret, inbound_webhook_url)
     return mock.create_mock_app(provider, behaviour, random_source=random_source, clock=clock)
 
 
 def main() -> None:
     settings = load_settings(EmailMockProviderSettings)
-    app = create_app(EmailMockBehaviourSettings(), event_webhook_url=settings.email_mock_event_webhook_url)
+    app = create_app(
+        EmailMockBehaviourSettings(),
+        event_webhook_url=settings.email_mock_event_webhook_url,
+        events_private_key=settings.events_private_key,
+        webhook_secret=settings.email_webhook_secret,
+        inbound_webhook_url=settings.email_mock_inbound_webhook_url,
+    )
     mock.run_mock_provider(app, settings, settings.email_provider_port)
 
 

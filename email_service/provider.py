@@ -14,13 +14,38 @@ from common.provider import ProviderClient, ProviderRequest, load_json
 from email_service.settings import EmailSettings
 
 SUBJECT_MAX_CHARS = 78
-TAG = re.compile(r"<[^>]*>")
+# The subject is the start of the text, so only the start of the body is read: a body of a million
+# characters costs what one of this many does.
+SUBJECT_SCAN_CHARS = 4096
 WHITESPACE = re.compile(r"\s+")
+
+
+def _without_tags(markup: str) -> str:
+    """`markup` with each `<...>` replaced by a space, in one pass: a regex like `<[^>]*>` rescans the
+    rest of the text from every `<` that is never closed, quadratic on a run of them."""
+    parts = []
+    position = 0
+    while (start := markup.find("<", position)) != -1:
+        parts.append(markup[position:start])
+        end = markup.find(">", start + 1)
+        if end == -1:
+            # No `>` after this `<`, so none after any later one either: the rest is text, as for the regex.
+            position = start
+            break
+        parts.append(" ")
+        position = end + 1
+    parts.append(markup[position:])
+    return "".join(parts)
 
 
 def subject_of(body: str) -> str:
     """The public API has no subject, and the provider requires one: the start of the body's text."""
-    text = WHITESPACE.sub(" ", html.unescape(TAG.sub(" ", body))).strip()
+    start = body[:SUBJECT_SCAN_CHARS]
+    cut = start.rfind("<")
+    if len(body) > SUBJECT_SCAN_CHARS and cut > start.rfind(">"):
+        # A tag the scan cut in two is no text.
+        start = start[:cut]
+    text = WHITESPACE.sub(" ", html.unescape(_without_tags(start))).strip()
     if len(text) > SUBJECT_MAX_CHARS:
         text = text[: SUBJECT_MAX_CHARS - 1].rstrip() + "…"
     return text or "(no subject)"

@@ -9,16 +9,20 @@ from gateway.auth import PERIMETER, ROUTE_ACCESS, Authenticator, Perimeter, echo
 from gateway.conversation_client import CONVERSATION_SERVICE, ClientTimeouts, conversation_service_ctx
 from gateway.handlers import KeyStore, MessageIntake
 from gateway.openapi import add_openapi_routes
+from gateway.quarantine import quarantine_ctx
 from gateway.rate_limit import TokenBuckets
 from gateway.settings import GatewaySettings
-from gateway.views import MESSAGE_INTAKE, VALIDATION_RULES, add_routes
+from gateway.views import MESSAGE_INTAKE, VALIDATION_RULES, add_routes, webhooks_ctx
 
 
 def create_app(
-    settings: GatewaySettings, *, publisher: ContractPublisher | None = None, key_store: KeyStore | None = None
+    settings: GatewaySettings,
+    *,
+    publisher: ContractPublisher | None = None,
+    key_store: KeyStore | None = None,
 ) -> web.Application:
-    """The public API. Tests pass a fake `publisher` to run without a broker, and a fake `key_store`
-    to keep Idempotency-Keys without conversation_service."""
+    """The public API. Tests pass a fake `publisher` to run without a broker (refused webhooks are
+    published to it too), and a fake `key_store` to keep Idempotency-Keys without conversation_service."""
     app = web.Application(
         middlewares=[error_middleware, perimeter_middleware], client_max_size=settings.max_request_bytes
     )
@@ -40,7 +44,9 @@ def create_app(
             cache_seconds=settings.auth_cache_seconds,
         )
     )
+    app.cleanup_ctx.append(quarantine_ctx(publisher))
     app.cleanup_ctx.append(_handlers_ctx(settings, publisher, key_store))
+    app.cleanup_ctx.append(webhooks_ctx(settings))
     add_routes(app)
     add_openapi_routes(app, settings)
     return app

@@ -71,7 +71,8 @@ def request_fingerprint(request: SendRequest) -> str:
     return hashlib.sha256(json.dumps(canonical).encode()).hexdigest()
 
 
-def _correlation_id() -> uuid.UUID:
+def current_correlation_id() -> uuid.UUID:
+    """The request's correlation id, set by the gateway's middleware."""
     # Outside a request (a replay, a test calling the intake directly) each call starts a trail of its own.
     return context.correlation_id.get() or uuid.uuid4()
 
@@ -153,7 +154,7 @@ class MessageIntake:
         command = SendMessage(
             message_id=uuid.uuid4(),
             account_id=account,
-            correlation_id=_correlation_id(),
+            correlation_id=current_correlation_id(),
             content=request.to_content(),
         )
         if idempotency_key is None:
@@ -233,7 +234,7 @@ class MessageIntake:
             # Derived from the provider's id, so a webhook the provider retries is the same message.
             message_id=inbound_message_id(provider, provider_message_id),
             account_id=owner,
-            correlation_id=_correlation_id(),
+            correlation_id=current_correlation_id(),
             provider=provider,
             provider_message_id=provider_message_id,
             content=webhook.to_content(),
@@ -246,7 +247,7 @@ class MessageIntake:
     async def report_deliveries(self, reports: Sequence[DeliveryReport]) -> int:
         """Publish a receipt for every report with a final outcome, all confirmed before this returns;
         how many. A provider retries the whole batch if one publish fails: receipts are idempotent."""
-        correlation_id = _correlation_id()
+        correlation_id = current_correlation_id()
         receipts = [
             DeliveryReported(
                 message_id=report.message_id,

@@ -1,7 +1,12 @@
-from pydantic import Field
+from typing import Self
 
-from common.settings import ServiceSettings, ServiceTokenSettings
+from cryptography.hazmat.primitives.asymmetric import ec
+from pydantic import Field, field_validator, model_validator
+
+from common.settings import Profile, ServiceSettings, ServiceTokenSettings, secret
+from common.webhook_signing import DEVELOPMENT_EMAIL_WEBHOOK_SECRET, DEVELOPMENT_SMS_WEBHOOK_AUTH_TOKEN
 from gateway.requests import ValidationRules
+from gateway.signatures import load_public_key
 
 
 class GatewaySettings(ServiceSettings, ServiceTokenSettings):
@@ -27,6 +32,48 @@ class GatewaySettings(ServiceSettings, ServiceTokenSettings):
     sms_body_max_chars: int = Field(1600, ge=1, description="Longest SMS/MMS body accepted (Twilio's limit)")
     email_body_max_chars: int = Field(1_000_000, ge=1)
     max_attachments: int = Field(10, ge=0)
+
+    # Provider webhook signatures (API.md "Webhook signatures"); the mocks sign with the same values.
+    public_base_url: str = Field(
+        "",
+        description="The gateway's public origin as providers call it, behind any proxy (https://api.example.com): "
+        "signatures cover this plus the path and query. Empty, in development only: the origin each request "
+        "came to",
+    )
+    sms_webhook_auth_token: str = secret(
+        DEVELOPMENT_SMS_WEBHOOK_AUTH_TOKEN, "The SMS provider's auth token, which signs X-Twilio-Signature"
+    )
+    email_webhook_secret: str = secret(
+        DEVELOPMENT_EMAIL_WEBHOOK_SECRET, "The secret of X-Xillio-Signature on inbound email"
+    )
+    email_events_public_key: str = secret(
+        "",
+        "The email provider's event webhook verification key (base64 DER, ECDSA P-256); bin/setup.sh puts the "
+        "mock's into .env",
+    )
+    webhook_signature_tolerance_seconds: float = Field(
+        300.0, gt=0, description="How far a signed webhook's timestamp may be from the time it arrived"
+    )
+    email_status_max_events: int = Field(
+        5000, ge=1, description="Most events one email status webhook may carry; more is 422"
+    )
+
+    @field_validator("email_events_public_key")
+    @classmethod
+    def _readable_public_key(cls, value: str) -> str:
+        load_public_key(value)
+        return value
+
+    @model_validator(mode="after")
+    def _public_base_url_in_production(self) -> Self:
+        # Behind a proxy the origin a request arrives at is not the one the provider signed.
+        if self.messaging_profile is Profile.PRODUCTION and not self.public_base_url:
+            raise ValueError("the production profile needs PUBLIC_BASE_URL, the origin providers call")
+        return self
+
+    @property
+    def events_public_key(self) -> ec.EllipticCurvePublicKey | None:
+        return load_public_key(self.email_events_public_key)
 
     # Authentication and rate limits (API keys are kept by conversation_service).
     auth_timeout_seconds: float = Field(

@@ -1,34 +1,36 @@
 """HTTP adapters: parse and validate, call the intake or the reader, answer JSON. Errors are raised."""
 
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 from aiohttp import web
 from pydantic import TypeAdapter
 
+from common.contracts import utcnow
 from common.errors import InvalidRequest
 from common.http import request_validation
 from common.idempotency import MAX_IDEMPOTENCY_KEY_LENGTH
 from gateway.auth import FORM_WEBHOOK, READ, SEND, WEBHOOK, add_route
 from gateway.conversation_client import CONVERSATION_SERVICE
-from gateway.handlers import AcceptedMessage, MessageIntake
+from gateway.handlers import AcceptedMessage, MessageIntake, current_correlation_id
+from gateway.quarantine import QUARANTINE, QuarantinedWebhook
 from gateway.requests import (
-    DeliveryReport,
-    EmailWebhook,
     SendEmailRequest,
     SendRequest,
     SendSmsRequest,
-    SmsStatusCallback,
-    SmsWebhook,
     ValidationRules,
-    Webhook,
-    email_status_events_adapter,
     send_request_adapter,
-    webhook_adapter,
 )
+from gateway.settings import GatewaySettings
+from gateway.signatures import SignatureRefused
+from gateway.webhooks import SMS_STATUS, WEBHOOK_PATHS, WebhookRequest, Webhooks
+
+log = logging.getLogger(__name__)
 
 MESSAGE_INTAKE = web.AppKey("message_intake", MessageIntake)
+WEBHOOKS = web.AppKey("webhooks", Webhooks)
 VALIDATION_RULES = web.AppKey("validation_rules", ValidationRules)
 
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -39,10 +41,16 @@ View = Callable[[web.Request], Awaitable[web.Response]]
 
 def _idempotency_key(request: web.Request) -> str | None:
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+    # Printable ASCII only: other bytes reach us as lone surrogates, which no store or JSON can carry.
+    if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH and all(" " <= c <= "~" for c in key)):
         raise InvalidRequest(
             "invalid Idempotency-Key header",
-            [{"field": "Idempotency-Key", "reason": f"must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"}],
+            [
+                {
+                    "field": "Idempotency-Key",
+                    "reason": f"must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters",
+                }
+            ],
         )
     return key
 
@@ -69,40 +77,50 @@ def send_view(adapter: TypeAdapter[Any]) -> View:
     return view
 
 
-def webhook_view(adapter: TypeAdapter[Any]) -> View:
+def webhook_view(webhook: str) -> View:
+    """A provider webhook: its raw request through `Webhooks`; one refused for its signature is kept in
+    the quarantine (or, if it cannot be kept, a 503 the provider retries) before it is answered 403."""
+
     async def view(request: web.Request) -> web.Response:
-        webhook: Webhook = await _validated(request, adapter)
-        return _accepted(await request.app[MESSAGE_INTAKE].receive(webhook))
+        received = await _webhook_request(request, webhook)
+        correlation_id = current_correlation_id()
+        try:
+            answer = await request.app[WEBHOOKS].handle(received, correlation_id)
+        except SignatureRefused as refusal:
+            await request.app[QUARANTINE].keep(QuarantinedWebhook.of(received, refusal.reason, correlation_id))
+            log.warning("webhook refused and quarantined", extra={"webhook": webhook, "reason": refusal.reason})
+            raise
+        return web.Response(text=answer.body, status=answer.status, content_type="application/json")
 
     return view
 
 
-_json_object: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
+def _kept(value: str) -> str:
+    # A header byte that is not UTF-8 reaches us as a lone surrogate, which JSON cannot carry; it could
+    # be part of no valid signature, so a replacement character loses nothing.
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-async def _form_or_json(request: web.Request) -> dict[str, Any]:
-    """Twilio posts a form; the same fields as a JSON object are taken too."""
-    if request.content_type == "application/json":
-        return await _validated(request, _json_object)
-    return dict(await request.post())
+async def _webhook_request(request: web.Request, webhook: str) -> WebhookRequest:
+    return WebhookRequest(
+        webhook=webhook,
+        method=request.method,
+        origin=request.app[WEBHOOKS].origin_for(f"{request.scheme}://{_kept(request.host)}"),
+        path_qs=_kept(request.raw_path),
+        headers=tuple((_kept(name), _kept(value)) for name, value in request.headers.items()),
+        body=await request.read(),
+        received_at=utcnow(),
+    )
 
 
-async def sms_status_webhook(request: web.Request) -> web.Response:
-    # Our message id is in the query string of the callback URL the channel service gave the provider.
-    fields = {**await _form_or_json(request), **request.query}
-    with request_validation():
-        report = SmsStatusCallback.model_validate(fields)
-    return await _report_deliveries(request, [report])
+def webhooks_ctx(settings: GatewaySettings) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The webhook path, on the intake set up before it."""
 
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        app[WEBHOOKS] = Webhooks.from_settings(app[MESSAGE_INTAKE], settings)
+        yield
 
-async def email_status_webhook(request: web.Request) -> web.Response:
-    events = await _validated(request, email_status_events_adapter)
-    return await _report_deliveries(request, [event for event in events if event is not None])
-
-
-async def _report_deliveries(request: web.Request, reports: list[DeliveryReport]) -> web.Response:
-    published = await request.app[MESSAGE_INTAKE].report_deliveries(reports)
-    return web.json_response({"published": published})
+    return ctx
 
 
 def relay_read(upstream_path: str) -> View:
@@ -120,10 +138,9 @@ def relay_read(upstream_path: str) -> View:
 def add_routes(app: web.Application) -> None:
     add_route(app, "POST", "/api/messages/sms", send_view(TypeAdapter(SendSmsRequest)), SEND)
     add_route(app, "POST", "/api/messages/email", send_view(TypeAdapter(SendEmailRequest)), SEND)
-    add_route(app, "POST", "/api/webhooks/sms", webhook_view(TypeAdapter(SmsWebhook)), WEBHOOK)
-    add_route(app, "POST", "/api/webhooks/email", webhook_view(TypeAdapter(EmailWebhook)), WEBHOOK)
-    add_route(app, "POST", "/api/webhooks/sms/status", sms_status_webhook, FORM_WEBHOOK)
-    add_route(app, "POST", "/api/webhooks/email/status", email_status_webhook, WEBHOOK)
+    for webhook in WEBHOOK_PATHS:
+        # Twilio's status callback is a form (or the same fields as JSON); the other webhooks are JSON.
+        add_route(app, "POST", webhook, webhook_view(webhook), FORM_WEBHOOK if webhook == SMS_STATUS else WEBHOOK)
     add_route(app, "GET", "/api/conversations", relay_read("/conversations"), READ)
     add_route(
         app,
@@ -133,6 +150,6 @@ def add_routes(app: web.Application) -> None:
         READ,
     )
     add_route(app, "GET", "/api/messages/{message_id}", relay_read("/messages/{message_id}"), READ)
-    # Aliases kept for clients of the earlier Django service: `type` picks the channel.
+    # Alias kept for clients of the earlier Django service: `type` picks the channel (the inbound
+    # one is among the webhooks).
     add_route(app, "POST", "/messages/outbound/", send_view(send_request_adapter), SEND)
-    add_route(app, "POST", "/messages/inbound/", webhook_view(webhook_adapter), WEBHOOK)

@@ -6,6 +6,7 @@ and changes at run time through `/control`; see `common.mock_provider`.
 
 import base64
 import binascii
+import dataclasses
 import time
 import uuid
 from datetime import datetime
@@ -15,7 +16,14 @@ from random import Random
 from aiohttp import web
 
 from common import mock_provider as mock
+from common.forms import FORM_CONTENT_TYPE, parse_form
 from common.settings import load_settings
+from common.webhook_signing import (
+    DEVELOPMENT_SMS_WEBHOOK_AUTH_TOKEN,
+    TWILIO_SIGNATURE_HEADER,
+    twilio_signature,
+    with_body_hash,
+)
 from sms_service.settings import SmsMockBehaviourSettings, SmsMockProviderSettings
 
 API_VERSION = "2010-04-01"
@@ -52,12 +60,17 @@ class TwilioMock(mock.MockProvider):
     invalid_recipient = mock.SendRejected(
         400, f"The 'To' number {MAGIC_NUMBERS.invalid} is not a valid phone number.", "To", INVALID_NUMBER_CODE
     )
+    inbound_id_field = "messaging_provider_id"
+
+    def __init__(self, auth_token: str, inbound_webhook_url: str | None) -> None:
+        self._auth_token = auth_token
+        self.inbound_webhook_url = inbound_webhook_url
 
     async def parse(self, request: web.Request) -> mock.RequestedSend:
         account_sid = request.match_info["account_sid"]
         if _basic_auth_user(request.headers.get("Authorization", "")) != account_sid:
             raise mock.SendRejected(401, "Authenticate", "auth", 20003)
-        form = await request.post()
+        form = parse_form(await request.read(), request.charset)
         media = tuple(str(url) for url in form.getall("MediaUrl", []))
         to, sender, body = (str(form.get(name, "")) for name in ("To", "From", "Body"))
         if not to:
@@ -122,19 +135,40 @@ class TwilioMock(mock.MockProvider):
             form.append(("ErrorCode", str(UNREACHABLE_HANDSET_CODE)))
         return mock.Receipt(form=form)
 
+    def sign_receipt(self, post: mock.Post, at: datetime) -> mock.Post:
+        # A form is signed with its parameters; a JSON body through its hash, in the URL.
+        if post.content_type == FORM_CONTENT_TYPE:
+            url, params = post.url, parse_form(post.body)
+        else:
+            url, params = with_body_hash(post.url, post.body), None
+        signature = twilio_signature(self._auth_token, url, params)
+        return dataclasses.replace(post, url=url, headers={**post.headers, TWILIO_SIGNATURE_HEADER: signature})
+
+    def sign_inbound(self, post: mock.Post, at: datetime) -> mock.Post:
+        return self.sign_receipt(post, at)
+
 
 def create_app(
     behaviour: mock.MockBehaviour | None = None,
     *,
+    auth_token: str = DEVELOPMENT_SMS_WEBHOOK_AUTH_TOKEN,
+    inbound_webhook_url: str | None = None,
     random_source: Random | None = None,
     clock: mock.Clock = time.monotonic,
 ) -> web.Application:
-    return mock.create_mock_app(TwilioMock(), behaviour, random_source=random_source, clock=clock)
+    """`auth_token` signs every post; `inbound_webhook_url` is where `POST /simulate/inbound` posts."""
+    provider = TwilioMock(auth_token, inbound_webhook_url)
+    return mock.create_mock_app(provider, behaviour, random_source=random_source, clock=clock)
 
 
 def main() -> None:
     settings = load_settings(SmsMockProviderSettings)
-    mock.run_mock_provider(create_app(SmsMockBehaviourSettings()), settings, settings.sms_provider_port)
+    app = create_app(
+        SmsMockBehaviourSettings(),
+        auth_token=settings.sms_webhook_auth_token,
+        inbound_webhook_url=settings.sms_mock_inbound_webhook_url,
+    )
+    mock.run_mock_provider(app, settings, settings.sms_provider_port)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@ from pydantic_settings import SettingsConfigDict
 
 from common.mock_provider import MockBehaviourSettings, MockProviderSettings
 from common.provider import ProviderRetrySettings
-from common.settings import ServiceSettings
+from common.settings import ServiceSettings, secret
+from common.webhook_signing import DEVELOPMENT_SMS_WEBHOOK_AUTH_TOKEN
 
 
 class SmsSettings(ServiceSettings, ProviderRetrySettings):
@@ -20,6 +21,14 @@ class SmsSettings(ServiceSettings, ProviderRetrySettings):
 
 class SmsMockProviderSettings(MockProviderSettings):
     sms_provider_port: int = 9001
+    # Named as the gateway's setting, so one environment signs and verifies with the same token.
+    sms_webhook_auth_token: str = secret(
+        DEVELOPMENT_SMS_WEBHOOK_AUTH_TOKEN, "The auth token the mock signs its X-Twilio-Signature with"
+    )
+    sms_mock_inbound_webhook_url: str | None = Field(
+        "http://127.0.0.1:8080/api/webhooks/sms",
+        description="Where `POST /simulate/inbound` posts an inbound message; empty: nowhere",
+    )
 
 
 class SmsMockBehaviourSettings(MockBehaviourSettings):

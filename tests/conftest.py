@@ -108,6 +108,7 @@ async def broker_namespace(amqp_url: str) -> AsyncIterator[str]:
         for spec in topology.queues:
             for name in (spec.name, spec.dead_letter_name):
                 await channel.queue_delete(name)
+        await channel.queue_delete(topology.quarantine.name)
         for name in (topology.exchange, topology.dead_letter_exchange):
             await channel.exchange_delete(name)
 

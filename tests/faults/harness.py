@@ -17,6 +17,7 @@ import aiohttp
 import psycopg2
 
 from common.broker import Topology
+from email_service.mock_keys import generate_event_keys
 from tests.factories import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -204,17 +205,18 @@ class Harness:
         return (await asyncio.to_thread(self.query, "SELECT count(*) FROM messages"))[0][0]
 
     async def queue_depths(self) -> dict[str, int]:
-        """Ready messages of every queue and dead-letter queue of the test's namespace (a passive
-        declare counts ready messages only, not those delivered and unacked)."""
+        """Ready messages of every queue and dead-letter queue of the test's namespace, and of the
+        gateway's quarantine: a receipt whose signature failed would be there (a passive declare counts
+        ready messages only, not those delivered and unacked)."""
         topology = Topology(self.namespace)
         depths: dict[str, int] = {}
         connection = await aio_pika.connect(self.amqp_url)
         async with connection:
             channel = await connection.channel()
-            for spec in topology.queues:
-                for name in (spec.name, spec.dead_letter_name):
-                    queue = await channel.declare_queue(name, passive=True)
-                    depths[name] = queue.declaration_result.message_count or 0
+            names = [name for spec in topology.queues for name in (spec.name, spec.dead_letter_name)]
+            for name in [*names, topology.quarantine.name]:
+                queue = await channel.declare_queue(name, passive=True)
+                depths[name] = queue.declaration_result.message_count or 0
         return depths
 
     async def drained(self, within: float = DRAIN_TIMEOUT_SECONDS) -> None:
@@ -252,6 +254,9 @@ def base_environment(ports: Mapping[str, int], database_url: str, amqp_url: str,
         "SHUTDOWN_GRACE_SECONDS": "5",
     }
     env.update(_receipt_callbacks(ports["gateway"]))
+    # Signing on: the mocks sign every receipt and the gateway verifies each one.
+    env.update(generate_event_keys())
+    env["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{ports['gateway']}"
     return env
 
 
@@ -261,4 +266,6 @@ def _receipt_callbacks(gateway_port: int) -> dict[str, str]:
     return {
         "SMS_STATUS_CALLBACK_URL": f"http://127.0.0.1:{gateway_port}/api/webhooks/sms/status",
         "EMAIL_MOCK_EVENT_WEBHOOK_URL": f"http://127.0.0.1:{gateway_port}/api/webhooks/email/status",
+        "SMS_MOCK_INBOUND_WEBHOOK_URL": f"http://127.0.0.1:{gateway_port}/api/webhooks/sms",
+        "EMAIL_MOCK_INBOUND_WEBHOOK_URL": f"http://127.0.0.1:{gateway_port}/api/webhooks/email",
     }

@@ -6,6 +6,8 @@ conversation_service over a repository that must never be reached, since bad inp
 A cursor is the exception, decoded by the repository: tests/unit/test_conversation_pagination.py has it.
 """
 
+import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -22,6 +24,7 @@ from tests.factories import SMS_REQUEST as SMS
 from tests.fakes import MemoryKeyStore, RecordingPublisher
 
 MAX_REQUEST_BYTES = 64 * 1024
+MAX_STATUS_EVENTS = 20
 
 MMS = {**SMS, "type": "mms", "attachments": ["https://example.com/image.jpg"]}
 SMS_WEBHOOK = {**SMS, "from": "+18045551234", "to": "+12016661234", "messaging_provider_id": "message-1"}
@@ -191,7 +194,42 @@ BAD_INPUT = [
         "message_id",
         data={"MessageSid": "SM1", "MessageStatus": "delivered"},
     ),
+    case(
+        "status callback form with a byte that is not UTF-8",
+        f"/api/webhooks/sms/status?message_id={MESSAGE_ID}",
+        None,
+        400,
+        "request",
+        data=b"MessageSid=SM1&MessageStatus=deliv\xffered",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    ),
+    case(
+        "status callback form with an escaped byte that is not UTF-8",
+        f"/api/webhooks/sms/status?message_id={MESSAGE_ID}",
+        None,
+        400,
+        "request",
+        data=b"MessageSid=SM%FF&MessageStatus=delivered",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    ),
+    case(
+        "status callback form with charset=bogus",
+        f"/api/webhooks/sms/status?message_id={MESSAGE_ID}",
+        None,
+        415,
+        "Content-Type",
+        data=b"MessageSid=SM1&MessageStatus=delivered",
+        headers={"Content-Type": "application/x-www-form-urlencoded; charset=bogus"},
+    ),
     case("status events not a list", "/api/webhooks/email/status", {"event": "delivered"}, 422, "request"),
+    case(
+        "more status events than a batch may carry",
+        "/api/webhooks/email/status",
+        [{"message_id": MESSAGE_ID, "event": "delivered", "sg_message_id": "sg1", "timestamp": 1730469600}]
+        * (MAX_STATUS_EVENTS + 1),
+        422,
+        "request",
+    ),
     case(
         "status event with a bad message id",
         "/api/webhooks/email/status",
@@ -238,7 +276,11 @@ async def client(aiohttp_client: Any, aiohttp_server: Any, publisher: RecordingP
     # Without a database there is no account store: every address is the development account's.
     conversation.router.add_post(ADDRESS_OWNER_PATH, _owned_by_the_development_account)
     reads = await aiohttp_server(conversation)
-    settings = GatewaySettings(max_request_bytes=MAX_REQUEST_BYTES, conversation_service_url=str(reads.make_url("")))
+    settings = GatewaySettings(
+        max_request_bytes=MAX_REQUEST_BYTES,
+        email_status_max_events=MAX_STATUS_EVENTS,
+        conversation_service_url=str(reads.make_url("")),
+    )
     return await aiohttp_client(create_app(settings, publisher=publisher, key_store=MemoryKeyStore()))
 
 
@@ -287,3 +329,26 @@ async def test_unknown_fields_are_ignored_not_rejected(
     [published] = publisher.published
     assert published.content.body == payload["body"]  # type: ignore[attr-defined]
     assert "carrier" not in await response.json()
+
+
+async def test_an_idempotency_key_of_bytes_that_are_not_ascii_is_a_422(
+    client: TestClient, publisher: RecordingPublisher
+) -> None:
+    # Over a raw socket: HTTP clients refuse to send such a header.
+    body = json.dumps(SMS).encode()
+    head = (
+        f"POST /api/messages/sms HTTP/1.1\r\nHost: {client.host}:{client.port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(head + b"Idempotency-Key: cl\xc3\xa9-\xff\xfe\r\n\r\n" + body)
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.split()[1] == b"422", answer
+    document = json.loads(rest.partition(b"\r\n\r\n")[2])
+    assert document["details"][0]["field"] == "Idempotency-Key"
+    assert "printable ASCII" in document["details"][0]["reason"]
+    assert publisher.published == []
