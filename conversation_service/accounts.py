@@ -27,6 +27,7 @@ ResultT = TypeVar("ResultT")
 
 # A key's last use is recorded at most this often: a busy key is not a write per request.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+_USE_UNRECORDED = api_keys.c.last_used_at.is_(None) | (api_keys.c.last_used_at <= sa.func.now() - LAST_USED_RESOLUTION)
 
 
 @dataclass(frozen=True)
@@ -73,10 +74,7 @@ class AccountStore:
                 api_keys.c.account_id,
                 api_keys.c.scopes,
                 api_keys.c.expires_at,
-                (
-                    api_keys.c.last_used_at.is_(None)
-                    | (api_keys.c.last_used_at <= sa.func.now() - LAST_USED_RESOLUTION)
-                ).label("use_unrecorded"),
+                _USE_UNRECORDED.label("use_unrecorded"),
             )
             .where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
             .where(api_keys.c.expires_at.is_(None) | (api_keys.c.expires_at > sa.func.now()))
@@ -90,11 +88,7 @@ class AccountStore:
                 # Conditional again, so that of two requests racing past the check one writes.
                 await connection.execute(
                     api_keys.update()
-                    .where(api_keys.c.prefix == row.prefix)
-                    .where(
-                        api_keys.c.last_used_at.is_(None)
-                        | (api_keys.c.last_used_at <= sa.func.now() - LAST_USED_RESOLUTION)
-                    )
+                    .where(api_keys.c.prefix == row.prefix, _USE_UNRECORDED)
                     .values(last_used_at=sa.func.now())
                 )
             return KeyIdentity(
@@ -106,7 +100,8 @@ class AccountStore:
     async def address_owner(self, address: str) -> uuid.UUID | None:
         """The account owning the normalized address itself, else its `@domain`; else, with the
         development fallback, the development account; else None."""
-        candidates = [address] + [domain for domain in [domain_of(address)] if domain is not None]
+        domain = domain_of(address)
+        candidates = [address] if domain is None else [address, domain]
         query = (
             sa.select(account_addresses.c.account_id)
             .where(account_addresses.c.address.in_(candidates))
@@ -215,8 +210,10 @@ class AccountStore:
         return _api_key(row)
 
     async def _run(self, work: Callable[[SAConnection], Awaitable[ResultT]]) -> ResultT:
+        """`work` on a pooled connection, each statement its own transaction: none of these needs more,
+        and a key is verified on every request, where a BEGIN and a COMMIT would double the round trips."""
         try:
-            async with self._engine.acquire() as connection, connection.begin():
+            async with self._engine.acquire() as connection:
                 return await work(connection)
         except CONNECTION_ERRORS as error:
             raise ServiceUnavailable("the database is unavailable; retry later") from error

@@ -19,6 +19,7 @@ from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 from psycopg2.extensions import cursor as Cursor
 from psycopg2.extensions import parse_dsn
+from yarl import URL
 
 from common.logs import configure_logging
 from common.settings import DatabaseSettings, load_settings
@@ -77,6 +78,14 @@ def create_roles_and_database(settings: MigrationSettings) -> None:
                     pass
     finally:
         connection.close()
+    # Before PostgreSQL 15 the superuser owns `public`, so the owner could not take CREATE on it away
+    # from the runtime role (see grant_runtime_privileges); from 15 on this changes nothing.
+    in_database = psycopg2.connect(str(URL(settings.database_admin_url).with_path(f"/{database}")))
+    try:
+        with in_database, in_database.cursor() as cursor:
+            cursor.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(owner)))
+    finally:
+        in_database.close()
 
 
 def drop_database(settings: DatabaseSettings) -> None:

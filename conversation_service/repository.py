@@ -1,5 +1,9 @@
 """Conversations and messages in PostgreSQL: idempotent writes of message events, keyset-paged reads.
 
+Everything belongs to one account: a write takes it from its event (the send's, or the owner of an
+inbound message's recipient), conversations group by participants within their account, and a read
+is for one account, to which another account's ids look exactly like ids that do not exist.
+
 Every write is one transaction and may be replayed any number of times, in any order, without
 changing the outcome. Each status event adds one row to `message_status_history`, keyed by message
 and status, so a replay finds its row taken and changes nothing. A message's status, attempts,
