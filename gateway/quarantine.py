@@ -24,14 +24,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aiohttp import web
-from pydantic import ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from common import context
 from common.accounts import DEVELOPMENT_ACCOUNT_ID
 from common.broker import BROKER, BrokerUnavailable, ContractPublisher, Topology
 from common.contracts import Contract
+from common.dead_letters import _take, _waiting, positive
 from common.errors import DomainError
 from common.settings import load_settings
 from gateway.settings import GatewaySettings
@@ -43,23 +44,18 @@ BODY_PREVIEW_CHARS = 200
 # broker refuses the publish), so a real provider retries rather than loses it.
 MAX_ENTRIES = 10_000
 MAX_BYTES = 512 * 1024 * 1024
+# Listing and replaying hand entries back (a nack), which a quorum queue counts as deliveries; under
+# RabbitMQ 4's default limit of 20 an entry listed 20 times would be dropped. This is no limit in practice.
+DELIVERY_LIMIT = 2**31 - 1
 # Credentials a caller may have sent along; a webhook's signature is in its own headers.
 _NOT_KEPT_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 
 
 class QuarantinedWebhook(Contract):
-    """A refused webhook as it arrived; `occurred_at` is when."""
-
-    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+    """A refused webhook as it arrived, and why; `occurred_at` is when it arrived."""
 
     kind: Literal["webhook_quarantined"] = "webhook_quarantined"
-    webhook: str
-    method: str
-    # The URL its signature was checked against; a replay checks `path_qs` under today's PUBLIC_BASE_URL.
-    url: str
-    path_qs: str
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
+    request: WebhookRequest
     reason: str
 
     @property
@@ -68,32 +64,17 @@ class QuarantinedWebhook(Contract):
 
     @classmethod
     def of(cls, request: WebhookRequest, reason: str, correlation_id: uuid.UUID) -> "QuarantinedWebhook":
+        kept_headers = tuple((name, value) for name, value in request.headers if name.lower() not in _NOT_KEPT_HEADERS)
         return cls(
             correlation_id=correlation_id,
             occurred_at=request.received_at,
-            webhook=request.webhook,
-            method=request.method,
-            url=request.url,
-            path_qs=request.path_qs,
-            headers=tuple((name, value) for name, value in request.headers if name.lower() not in _NOT_KEPT_HEADERS),
-            body=request.body,
+            request=request.model_copy(update={"headers": kept_headers}),
             reason=reason,
         )
 
-    @property
-    def origin(self) -> str:
-        return self.url.removesuffix(self.path_qs)
-
-    def request(self, origin: str) -> WebhookRequest:
-        return WebhookRequest(
-            webhook=self.webhook,
-            method=self.method,
-            origin=origin,
-            path_qs=self.path_qs,
-            headers=self.headers,
-            body=self.body,
-            received_at=self.occurred_at,
-        )
+    def replayed_at(self, origin: str) -> WebhookRequest:
+        """The request as if posted to `origin`: a replay checks its signature under today's PUBLIC_BASE_URL."""
+        return self.request.model_copy(update={"origin": origin})
 
 
 class BrokerQuarantine:
@@ -116,6 +97,7 @@ async def declare_quarantine(channel: AbstractChannel, topology: Topology) -> No
         durable=True,
         arguments={
             "x-queue-type": "quorum",
+            "x-delivery-limit": DELIVERY_LIMIT,
             "x-max-length": MAX_ENTRIES,
             "x-max-length-bytes": MAX_BYTES,
             "x-overflow": "reject-publish",
@@ -167,27 +149,10 @@ def describe(entry: QuarantinedWebhook) -> Entry:
         id=str(entry.event_id),
         received_at=entry.occurred_at.isoformat(),
         reason=_printable(entry.reason),
-        method=entry.method,
-        url=_printable(entry.url),
-        body_start=_printable(entry.body[:BODY_PREVIEW_CHARS].decode("utf-8", "replace")),
+        method=_printable(entry.request.method),
+        url=_printable(entry.request.url),
+        body_start=_printable(entry.request.body[:BODY_PREVIEW_CHARS].decode("utf-8", "replace")),
     )
-
-
-async def _waiting(channel: AbstractChannel, topology: Topology) -> tuple[AbstractQueue, int]:
-    queue = await channel.get_queue(topology.quarantine.name)
-    assert queue.declaration_result is not None
-    return queue, queue.declaration_result.message_count or 0
-
-
-async def _take(queue: AbstractQueue, count: int) -> list[AbstractIncomingMessage]:
-    """Up to `count` entries, held unacked: what is not acked goes back when the channel closes."""
-    taken = []
-    for _ in range(count):
-        message = await queue.get(fail=False)
-        if message is None:
-            break
-        taken.append(message)
-    return taken
 
 
 def _entry(message: AbstractIncomingMessage) -> QuarantinedWebhook | None:
@@ -198,7 +163,7 @@ def _entry(message: AbstractIncomingMessage) -> QuarantinedWebhook | None:
 
 
 async def list_quarantine(channel: AbstractChannel, topology: Topology, limit: int | None = None) -> list[Entry]:
-    queue, count = await _waiting(channel, topology)
+    queue, count = await _waiting(channel, topology.quarantine.name)
     held = await _take(queue, count if limit is None else min(count, limit))
     try:
         return [describe(entry) for message in held if (entry := _entry(message)) is not None]
@@ -213,7 +178,7 @@ async def replay_quarantine(
     """Each entry (at most `limit`), verified and handled again as a live webhook; those that pass are
     acked after their publish, the others go back. A replay reads no further than the entries that
     were waiting when it started."""
-    queue, count = await _waiting(channel, topology)
+    queue, count = await _waiting(channel, topology.quarantine.name)
     held = await _take(queue, count if limit is None else min(count, limit))
     outcomes = []
     try:
@@ -223,7 +188,9 @@ async def replay_quarantine(
                 outcomes.append(ReplayOutcome(str(message.message_id), "not a quarantined webhook"))
                 continue
             try:
-                await webhooks.handle(entry.request(webhooks.origin_for(entry.origin)), entry.correlation_id)
+                await webhooks.handle(
+                    entry.replayed_at(webhooks.origin_for(entry.request.origin)), entry.correlation_id
+                )
             except SignatureRefused as refusal:
                 outcomes.append(ReplayOutcome(str(entry.event_id), refusal.reason))
                 continue
@@ -259,13 +226,6 @@ def format_outcomes(outcomes: Sequence[ReplayOutcome]) -> str:
     return "\n".join(lines)
 
 
-def positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
-    return number
-
-
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m gateway.quarantine", description="List the refused webhooks, or replay them."
@@ -292,14 +252,12 @@ async def run(arguments: argparse.Namespace, settings: GatewaySettings) -> str:
     await runner.setup()
     try:
         broker = runner.app[BROKER]
-        channel = await broker.connection.channel()
-        try:
-            if arguments.command == "list":
-                return format_entries(await list_quarantine(channel, broker.topology, arguments.limit))
-            outcomes = await replay_quarantine(channel, broker.topology, runner.app[WEBHOOKS], arguments.limit)
-            return format_outcomes(outcomes)
-        finally:
-            await channel.close()
+        # The gateway consumes nothing, so its consuming channel is free for taking entries off.
+        channel = broker.consume_channel
+        if arguments.command == "list":
+            return format_entries(await list_quarantine(channel, broker.topology, arguments.limit))
+        outcomes = await replay_quarantine(channel, broker.topology, runner.app[WEBHOOKS], arguments.limit)
+        return format_outcomes(outcomes)
     finally:
         await runner.cleanup()
 

@@ -130,7 +130,8 @@ class SendGridSignature:
         try:
             signature = base64.b64decode(request.headers.get(self.header, ""), validate=True)
             self._public_key.verify(signature, sendgrid_payload(timestamp, request.body), ec.ECDSA(hashes.SHA256()))
-        except (binascii.Error, InvalidSignature) as error:
+        # ValueError: base64 of characters that are not ASCII (binascii.Error is one too).
+        except (ValueError, InvalidSignature) as error:
             raise SignatureRefused("the signature does not match the timestamp and body", self.header) from error
 
 

@@ -87,8 +87,12 @@ def webhook_view(webhook: str) -> View:
         try:
             answer = await request.app[WEBHOOKS].handle(received, correlation_id)
         except SignatureRefused as refusal:
-            await request.app[QUARANTINE].keep(QuarantinedWebhook.of(received, refusal.reason, correlation_id))
-            log.warning("webhook refused and quarantined", extra={"webhook": webhook, "reason": refusal.reason})
+            entry = QuarantinedWebhook.of(received, refusal.reason, correlation_id)
+            await request.app[QUARANTINE].keep(entry)
+            log.warning(
+                "webhook refused and quarantined",
+                extra={"webhook": webhook, "reason": refusal.reason, "quarantine_id": str(entry.event_id)},
+            )
             raise
         return web.Response(text=answer.body, status=answer.status, content_type="application/json")
 

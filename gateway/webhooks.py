@@ -51,10 +51,12 @@ COMPATIBLE_INBOUND = "/messages/inbound/"
 WEBHOOK_PATHS = (SMS_INBOUND, EMAIL_INBOUND, SMS_STATUS, EMAIL_STATUS, COMPATIBLE_INBOUND)
 
 
-@dataclass(frozen=True)
-class WebhookRequest:
+class WebhookRequest(BaseModel):
     """A webhook as it arrived. `origin` is the public origin its provider called (PUBLIC_BASE_URL),
-    `path_qs` the path and query as sent, undecoded: together, the URL a signature covers."""
+    `path_qs` the path and query as sent, undecoded: together, the URL a signature covers. A model,
+    so that the quarantine keeps it as it is (the body in base64)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
 
     webhook: str
     method: str

@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from common.broker import Publisher, Topology, declare_topology
+from common.broker import Publisher, Topology
 from common.contracts import Channel
 from common.mock_provider import MockBehaviour
 from common.settings import Profile, ServiceSettings
@@ -156,7 +156,7 @@ async def test_what_the_mocks_sign_verifies_at_a_gateway_that_requires_signature
     sends = [send_message(Channel.SMS), send_message(Channel.EMAIL)]
     async with await aio_pika.connect(amqp_url) as connection:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        publisher = Publisher(await declare_topology(channel, Topology(broker_namespace), 20))
+        publisher = Publisher(await channel.get_exchange(Topology(broker_namespace).exchange))
         for send in sends:
             await publisher.publish(send)
     for send in sends:

@@ -210,3 +210,19 @@ async def test_the_sms_mock_answers_an_unreadable_form_with_a_4xx(
     response = await mock.post("/2010-04-01/Accounts/ACmock/Messages.json", data=body, headers=headers)
 
     assert response.status == status, await response.text()
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [(b'{"subject": "h\xffi"}', "application/json"), (b"{}", "application/json; charset=bogus")],
+    ids=["not UTF-8", "charset=bogus"],
+)
+async def test_the_email_mock_answers_an_unreadable_body_with_a_400(
+    aiohttp_client: AiohttpClient, body: bytes, content_type: str
+) -> None:
+    mock = await aiohttp_client(email_mock.create_app(QUICK))
+    headers = {"Authorization": "Bearer mock-key", "Content-Type": content_type}
+
+    response = await mock.post("/v3/mail/send", data=body, headers=headers)
+
+    assert response.status == 400, await response.text()

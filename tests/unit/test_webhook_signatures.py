@@ -21,6 +21,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from pydantic import ValidationError
 from twilio.request_validator import RequestValidator
 
 from common import context
@@ -109,7 +110,8 @@ class Post:
 
 def twilio_json(path: str, document: Any, signing: Signing) -> Post:
     body = json.dumps(document).encode()
-    path_qs = f"{path}?bodySHA256={hashlib.sha256(body).hexdigest()}"
+    separator = "&" if "?" in path else "?"
+    path_qs = f"{path}{separator}bodySHA256={hashlib.sha256(body).hexdigest()}"
     signature = RequestValidator(signing.sms_token).compute_signature(BASE_URL + path_qs, {})
     return Post(path_qs, body, {"Content-Type": "application/json", "X-Twilio-Signature": signature})
 
@@ -123,6 +125,10 @@ def sms_status(signing: Signing, message_id: uuid.UUID = OURS) -> Post:
     body = "&".join(f"{name}={value.replace('+', '%2B')}" for name, value in SMS_STATUS_FORM).encode()
     signature = RequestValidator(signing.sms_token).compute_signature(BASE_URL + path_qs, dict(SMS_STATUS_FORM))
     return Post(path_qs, body, {"Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": signature})
+
+
+def sms_status_as_json(signing: Signing) -> Post:
+    return twilio_json(f"/api/webhooks/sms/status?message_id={OURS}", dict(SMS_STATUS_FORM), signing)
 
 
 def xillio(path: str, document: Any, signing: Signing) -> Post:
@@ -183,6 +189,7 @@ WEBHOOKS_SIGNED = [
     Webhook("email status", email_status, 200, DeliveryReported, SENDGRID, True, WRONG_KEY),
     Webhook("inbound alias, sms", compatible_sms, 202, MessageReceived, TWILIO, False, WRONG_SMS),
     Webhook("inbound alias, email", compatible_email, 202, MessageReceived, XILLIO, True, WRONG_EMAIL),
+    Webhook("sms status as JSON", sms_status_as_json, 200, DeliveryReported, TWILIO, False, WRONG_SMS),
 ]
 each_webhook = pytest.mark.parametrize("webhook", WEBHOOKS_SIGNED, ids=lambda webhook: webhook.name)
 
@@ -232,13 +239,14 @@ async def assert_refused(response: Any, publisher: RecordingPublisher, post: Pos
     assert error["details"][0]["reason"]
     [entry] = publisher.published
     assert isinstance(entry, QuarantinedWebhook)
-    assert (entry.method, entry.url, entry.path_qs, entry.body) == (
+    kept = entry.request
+    assert (kept.method, kept.url, kept.path_qs, kept.body) == (
         "POST",
         BASE_URL + post.path_qs,
         post.path_qs,
         post.body,
     )
-    kept_headers = dict(entry.headers)
+    kept_headers = dict(kept.headers)
     assert all(kept_headers.get(name) == value for name, value in post.headers.items())
     assert entry.reason == error["details"][0]["reason"]
     return entry.reason
@@ -373,7 +381,10 @@ async def test_a_quarantined_webhook_passes_once_the_secret_is_fixed(
     post = email_inbound(Signing(at=an_hour_ago))
     await assert_refused(await send(await aiohttp_client(misconfigured), post), publisher, post, WEBHOOKS_SIGNED[2])
     [arrived_now] = quarantined(publisher)
-    arrived_an_hour_ago = arrived_now.model_copy(update={"occurred_at": datetime.fromtimestamp(an_hour_ago, UTC)})
+    an_hour_ago_received = arrived_now.request.model_copy(
+        update={"received_at": datetime.fromtimestamp(an_hour_ago, UTC)}
+    )
+    arrived_an_hour_ago = arrived_now.model_copy(update={"request": an_hour_ago_received})
 
     fixed_publisher = RecordingPublisher()
     fixed = await aiohttp_client(
@@ -386,11 +397,95 @@ async def test_a_quarantined_webhook_passes_once_the_secret_is_fixed(
     webhooks = fixed.app[WEBHOOKS]
     context.account_id.set(DEVELOPMENT_ACCOUNT_ID)  # as the authentication middleware would
     with pytest.raises(SignatureRefused, match="timestamp"):
-        await webhooks.handle(arrived_now.request(webhooks.origin_for(arrived_now.origin)), uuid.uuid4())
-    replayed = arrived_an_hour_ago.request(webhooks.origin_for(arrived_an_hour_ago.origin))
+        await webhooks.handle(arrived_now.replayed_at(webhooks.origin_for(arrived_now.request.origin)), uuid.uuid4())
+    replayed = arrived_an_hour_ago.replayed_at(webhooks.origin_for(arrived_an_hour_ago.request.origin))
     answer = await webhooks.handle(replayed, arrived_an_hour_ago.correlation_id)
 
     assert answer.status == 202
     [received] = fixed_publisher.published
     assert isinstance(received, MessageReceived)
     assert received.provider_message_id == EMAIL_INBOUND["xillio_id"]
+
+
+async def test_a_refused_webhook_that_cannot_be_kept_is_a_503_so_the_provider_retries(
+    production: TestClient, publisher: RecordingPublisher
+) -> None:
+    publisher.fail = True
+    post = email_inbound(Signing(email_secret="not-the-secret"))
+
+    response = await send(production, post)
+
+    assert response.status == 503, await response.text()
+    assert publisher.published == []
+
+
+def production_environment(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
+    monkeypatch.setenv("MESSAGING_PROFILE", "production")
+    monkeypatch.setenv("BIND_HOST", "0.0.0.0")
+    monkeypatch.setenv("AMQP_URL", "amqp://messaging:a-real-password@rabbitmq:5672/")
+    monkeypatch.setenv("INTERNAL_SERVICE_TOKEN", "an-internal-token-of-production")
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_production_names_each_webhook_secret_it_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    production_environment(monkeypatch)
+
+    with pytest.raises(ValidationError) as refused:
+        GatewaySettings()
+
+    message = str(refused.value)
+    for name in ("SMS_WEBHOOK_AUTH_TOKEN", "EMAIL_WEBHOOK_SECRET", "EMAIL_EVENTS_PUBLIC_KEY"):
+        assert name in message
+
+
+def test_production_needs_the_public_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    production_environment(
+        monkeypatch,
+        SMS_WEBHOOK_AUTH_TOKEN="a-twilio-auth-token",
+        EMAIL_WEBHOOK_SECRET="a-xillio-secret",
+        EMAIL_EVENTS_PUBLIC_KEY=public_key_setting(EVENTS_KEY),
+    )
+    with pytest.raises(ValidationError, match="PUBLIC_BASE_URL"):
+        GatewaySettings()
+
+    monkeypatch.setenv("PUBLIC_BASE_URL", "https://api.example.com")
+    assert GatewaySettings().public_base_url == "https://api.example.com"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("not base64!", "base64 DER"),
+        (base64.b64encode(b"not a key").decode(), "base64 DER"),
+        (
+            base64.b64encode(
+                ec.generate_private_key(ec.SECP384R1())
+                .public_key()
+                .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+            ).decode(),
+            "P-256",
+        ),
+    ],
+    ids=["not base64", "not DER", "another curve"],
+)
+def test_an_unreadable_events_public_key_is_refused_at_start(value: str, reason: str) -> None:
+    with pytest.raises(ValidationError, match=reason):
+        GatewaySettings(email_events_public_key=value)
+
+
+@pytest.mark.parametrize("value", ["é", "not base64 at all", "", "t=é,v1=é", "🙂"], ids=repr)
+@each_webhook
+async def test_a_signature_header_of_any_text_is_a_403_not_a_500(
+    production: TestClient, publisher: RecordingPublisher, webhook: Webhook, value: str
+) -> None:
+    signed = webhook.post(Signing())
+    # The signature itself; a timestamp beside it stays valid, so that the signature is what is read.
+    post = Post(signed.path_qs, signed.body, {**signed.headers, webhook.signature_headers[0]: value})
+
+    response = await production.post(
+        post.path_qs, data=post.body, headers={name: v.encode().decode("latin-1") for name, v in post.headers.items()}
+    )
+
+    assert response.status == 403, await response.text()
+    assert len(quarantined(publisher)) == 1
