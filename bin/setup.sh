@@ -39,8 +39,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
 fi
 
 # The email mock signs its event webhook as SendGrid does, with a key pair of this clone's own: the
-# mock reads the private key from .env, the gateway the public one.
-if [ -z "${EMAIL_EVENTS_PRIVATE_KEY:-}" ] && ! grep -qs '^EMAIL_EVENTS_PRIVATE_KEY=' .env; then
+# mock reads the private key from .env, the gateway the public one. Appended lines win over empty
+# ones copied from .env.example; a key already set (a real provider's public key) is left alone.
+if [ -z "${EMAIL_EVENTS_PRIVATE_KEY:-}${EMAIL_EVENTS_PUBLIC_KEY:-}" ] &&
+    ! grep -qsE '^EMAIL_EVENTS_(PRIVATE|PUBLIC)_KEY=.' .env; then
     say "generating the email mock's event-signing key pair into .env"
     if [ -s .env ] && [ -n "$(tail -c 1 .env)" ]; then
         echo >>.env

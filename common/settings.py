@@ -39,10 +39,11 @@ _WELL_KNOWN_PASSWORDS = frozenset({"guest", "postgres", "password", "changeme", 
 def _is_default(value: Any, field: FieldInfo) -> bool:
     if value is None or value == "" or value == field.default:
         return True
-    if isinstance(value, str) and "://" in value:
+    # A credential URL (its default is one): its password must be its own. A URL that carries no
+    # credential (a public origin) only has to be set.
+    if isinstance(value, str) and "://" in value and isinstance(field.default, str) and "://" in field.default:
         password = URL(value).password
-        default = URL(field.default).password if isinstance(field.default, str) and "://" in field.default else None
-        return not password or password == default or password in _WELL_KNOWN_PASSWORDS
+        return not password or password == URL(field.default).password or password in _WELL_KNOWN_PASSWORDS
     return False
 
 

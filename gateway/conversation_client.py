@@ -44,6 +44,10 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 # Enough for every key and address a busy deployment uses within a few seconds; past it the oldest
 # answers go first, so a flood of made-up keys cannot grow the gateway's memory.
 CACHE_ENTRIES = 50_000
+# While conversation_service is away (restarting, its database cut off), who owns an address is taken
+# from what it said in this window: ownership changes rarely, and inbound messages keep being accepted.
+# A key's answer is never used stale: a revoked key must not come back during an outage.
+OWNER_STALE_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -61,32 +65,48 @@ class ClientTimeouts:
 
 
 class ExpiringCache(Generic[ValueT]):
-    """Answers kept for `ttl_seconds` by the loop's clock; a TTL of 0 keeps nothing."""
+    """Answers fresh for `ttl_seconds` by the loop's clock, then kept `stale_seconds` longer for a
+    caller that would rather have an old answer than none; with both 0 it keeps nothing."""
 
-    def __init__(self, ttl_seconds: float, clock: Callable[[], float], max_entries: int = CACHE_ENTRIES) -> None:
+    def __init__(
+        self,
+        ttl_seconds: float,
+        clock: Callable[[], float],
+        *,
+        stale_seconds: float = 0.0,
+        max_entries: int = CACHE_ENTRIES,
+    ) -> None:
         self._ttl_seconds = ttl_seconds
+        self._stale_seconds = stale_seconds
         self._clock = clock
         self._max_entries = max_entries
         self._entries: dict[str, tuple[float, ValueT]] = {}
 
     def get(self, key: str) -> tuple[bool, ValueT | None]:
-        """(found, value): a cached "nobody" is found with the value None."""
+        """(found, value) of a fresh answer: a cached "nobody" is found with the value None."""
+        return self._within(key, self._ttl_seconds)
+
+    def stale(self, key: str) -> tuple[bool, ValueT | None]:
+        """(found, value) of an answer fresh or no older than the stale window."""
+        return self._within(key, self._ttl_seconds + self._stale_seconds)
+
+    def _within(self, key: str, age_seconds: float) -> tuple[bool, ValueT | None]:
         entry = self._entries.get(key)
         if entry is None:
             return False, None
-        expires, value = entry
-        if expires <= self._clock():
+        stored, value = entry
+        age = self._clock() - stored
+        if age >= self._ttl_seconds + self._stale_seconds:
             del self._entries[key]
-            return False, None
-        return True, value
+        return (True, value) if age < age_seconds else (False, None)
 
     def put(self, key: str, value: ValueT) -> None:
-        if self._ttl_seconds <= 0:
+        if self._ttl_seconds + self._stale_seconds <= 0:
             return
         self._entries.pop(key, None)
         while len(self._entries) >= self._max_entries:
             del self._entries[next(iter(self._entries))]
-        self._entries[key] = (self._clock() + self._ttl_seconds, value)
+        self._entries[key] = (self._clock(), value)
 
 
 class ConversationServiceClient:
@@ -103,7 +123,9 @@ class ConversationServiceClient:
         self._base_url = base_url.rstrip("/")
         self._timeouts = timeouts
         self._keys: ExpiringCache[KeyIdentity] = ExpiringCache(cache_seconds, clock)
-        self._owners: ExpiringCache[uuid.UUID | None] = ExpiringCache(cache_seconds, clock)
+        self._owners: ExpiringCache[uuid.UUID | None] = ExpiringCache(
+            cache_seconds, clock, stale_seconds=OWNER_STALE_SECONDS
+        )
 
     # Reads: relayed for the account in hand, as they came, so a page costs no JSON round trip.
 
@@ -143,7 +165,14 @@ class ConversationServiceClient:
         found, owner = self._owners.get(address)
         if found:
             return owner
-        answer = await self._ask(ADDRESS_OWNER_PATH, AddressOwnerQuery(address=address), AddressOwner)
+        try:
+            answer = await self._ask(ADDRESS_OWNER_PATH, AddressOwnerQuery(address=address), AddressOwner)
+        except ServiceUnavailable:
+            found, owner = self._owners.stale(address)
+            if not found:
+                raise
+            log.info("conversation service unavailable; using the owner it named before")
+            return owner
         owner = answer.account_id if answer is not None else None
         self._owners.put(address, owner)
         return owner

@@ -1,9 +1,7 @@
-from typing import Self
-
 from cryptography.hazmat.primitives.asymmetric import ec
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
-from common.settings import Profile, ServiceSettings, ServiceTokenSettings, secret
+from common.settings import ServiceSettings, ServiceTokenSettings, secret
 from common.webhook_signing import DEVELOPMENT_EMAIL_WEBHOOK_SECRET, DEVELOPMENT_SMS_WEBHOOK_AUTH_TOKEN
 from gateway.requests import ValidationRules
 from gateway.signatures import load_public_key
@@ -33,29 +31,11 @@ class GatewaySettings(ServiceSettings, ServiceTokenSettings):
     email_body_max_chars: int = Field(1_000_000, ge=1)
     max_attachments: int = Field(10, ge=0)
 
-    # Authentication and rate limits (API keys are kept by conversation_service).
-    auth_timeout_seconds: float = Field(
-        5.0,
-        gt=0,
-        description="Longest wait for conversation_service to verify a key or name an address owner; then 503",
-    )
-    auth_cache_seconds: float = Field(
-        5.0,
-        ge=0,
-        description="How long the gateway trusts conversation_service's word on a key or an address's owner; "
-        "a revoked key still works this long on a gateway that verified it just before",
-    )
-    rate_limit_per_second: float = Field(
-        200.0, gt=0, description="Requests per second one key may make, on average, to one gateway replica"
-    )
-    rate_limit_burst: int = Field(
-        1000, ge=1, description="Requests one key may make at once before RATE_LIMIT_PER_SECOND holds it back"
-    )
-
     # Provider webhook signatures (API.md "Webhook signatures"); the mocks sign with the same values.
-    public_base_url: str = Field(
+    # Required in production like a secret (named with the others when missing), though it is none.
+    public_base_url: str = secret(
         "",
-        description="The gateway's public origin as providers call it, behind any proxy (https://api.example.com): "
+        "The gateway's public origin as providers call it, behind any proxy (https://api.example.com): "
         "signatures cover this plus the path and query. Empty, in development only: the origin each request "
         "came to",
     )
@@ -83,16 +63,28 @@ class GatewaySettings(ServiceSettings, ServiceTokenSettings):
         load_public_key(value)
         return value
 
-    @model_validator(mode="after")
-    def _public_base_url_in_production(self) -> Self:
-        # Behind a proxy the origin a request arrives at is not the one the provider signed.
-        if self.messaging_profile is Profile.PRODUCTION and not self.public_base_url:
-            raise ValueError("the production profile needs PUBLIC_BASE_URL, the origin providers call")
-        return self
-
     @property
     def events_public_key(self) -> ec.EllipticCurvePublicKey | None:
         return load_public_key(self.email_events_public_key)
+
+    # Authentication and rate limits (API keys are kept by conversation_service).
+    auth_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Longest wait for conversation_service to verify a key or name an address owner; then 503",
+    )
+    auth_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="How long the gateway trusts conversation_service's word on a key or an address's owner; "
+        "a revoked key still works this long on a gateway that verified it just before",
+    )
+    rate_limit_per_second: float = Field(
+        200.0, gt=0, description="Requests per second one key may make, on average, to one gateway replica"
+    )
+    rate_limit_burst: int = Field(
+        1000, ge=1, description="Requests one key may make at once before RATE_LIMIT_PER_SECOND holds it back"
+    )
 
     @property
     def validation_rules(self) -> ValidationRules:

@@ -144,7 +144,7 @@ def add_routes(app: web.Application) -> None:
     add_route(app, "POST", "/api/messages/sms", send_view(TypeAdapter(SendSmsRequest)), SEND)
     add_route(app, "POST", "/api/messages/email", send_view(TypeAdapter(SendEmailRequest)), SEND)
     for webhook in WEBHOOK_PATHS:
-        # Twilio's status callback is a form; every other webhook is JSON.
+        # Twilio's status callback is a form (or the same fields as JSON); the other webhooks are JSON.
         add_route(app, "POST", webhook, webhook_view(webhook), FORM_WEBHOOK if webhook == SMS_STATUS else WEBHOOK)
     add_route(app, "GET", "/api/conversations", relay_read("/conversations"), READ)
     add_route(

@@ -111,7 +111,7 @@ class _ChannelType(BaseModel):
 _channel_type = TypeAdapter(_ChannelType)
 _json_object: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
 
-Accept = Callable[[WebhookRequest], Awaitable[WebhookAnswer]]
+Accept = Callable[[WebhookRequest, uuid.UUID], Awaitable[WebhookAnswer]]
 
 
 class Webhooks:
@@ -176,7 +176,7 @@ class Webhooks:
             self._verifier.check(scheme, request.signed())
         elif self._profile is Profile.PRODUCTION:
             raise SignatureRefused("without a known `type` no provider's signature applies", "type")
-        return await accept(request)
+        return await accept(request, correlation_id)
 
     def _scheme_by_type(self, request: WebhookRequest) -> SignatureScheme | None:
         try:
@@ -186,7 +186,7 @@ class Webhooks:
         return {"sms": self._schemes.sms, "mms": self._schemes.sms, "email": self._schemes.email}.get(channel)
 
     def _inbound(self, adapter: TypeAdapter[Any]) -> Accept:
-        async def accept(request: WebhookRequest) -> WebhookAnswer:
+        async def accept(request: WebhookRequest, correlation_id: uuid.UUID) -> WebhookAnswer:
             with request_validation():
                 webhook: Webhook = adapter.validate_json(request.body, context=self._rules)
             accepted = await self._intake.receive(webhook)
@@ -194,7 +194,7 @@ class Webhooks:
 
         return accept
 
-    async def _sms_status(self, request: WebhookRequest) -> WebhookAnswer:
+    async def _sms_status(self, request: WebhookRequest, correlation_id: uuid.UUID) -> WebhookAnswer:
         media_type, charset = request.media_type()
         if media_type == "application/json":
             with request_validation():
@@ -209,9 +209,9 @@ class Webhooks:
             fields["message_id"] = message_id
         with request_validation():
             report = SmsStatusCallback.model_validate(fields)
-        return await self._report([report])
+        return await self._report(request, [report], correlation_id)
 
-    async def _email_status(self, request: WebhookRequest) -> WebhookAnswer:
+    async def _email_status(self, request: WebhookRequest, correlation_id: uuid.UUID) -> WebhookAnswer:
         with request_validation():
             events = email_status_events_adapter.validate_json(request.body)
         if len(events) > self._max_status_events:
@@ -219,8 +219,10 @@ class Webhooks:
                 "too many events in one webhook",
                 [{"field": "request", "reason": f"at most {self._max_status_events} events are taken at once"}],
             )
-        return await self._report([event for event in events if event is not None])
+        return await self._report(request, [event for event in events if event is not None], correlation_id)
 
-    async def _report(self, reports: list[DeliveryReport]) -> WebhookAnswer:
+    async def _report(
+        self, request: WebhookRequest, reports: list[DeliveryReport], correlation_id: uuid.UUID
+    ) -> WebhookAnswer:
         published = await self._intake.report_deliveries(reports)
         return WebhookAnswer(200, f'{{"published": {published}}}')

@@ -239,19 +239,21 @@ def free_ports(count: int) -> list[int]:
 
 def production_settings(kind: type[SettingsT], **values: Any) -> SettingsT:
     """`kind` in the production profile, with a value of its own for every secret `values` leaves
-    out (a URL keeps its default but gets a password of its own), so the profile's check passes."""
+    out (a URL keeps its default but gets a password of its own, a key is a fresh P-256 pair's), and
+    the public origin providers call, so the profile's checks pass."""
+    event_keys = generate_event_keys()
+    if "public_base_url" in kind.model_fields:
+        values.setdefault("public_base_url", "https://messaging.example.com")
     for name, field in kind.model_fields.items():
         extra = field.json_schema_extra
         if name in values or not (isinstance(extra, dict) and extra.get("secret")):
             continue
         default = field.default
-        if name == "email_events_public_key":
-            values[name] = generate_event_keys()["EMAIL_EVENTS_PUBLIC_KEY"]
+        if name.upper() in event_keys:
+            values[name] = event_keys[name.upper()]
         elif isinstance(default, str) and "://" in default:
             url = URL(default)
             values[name] = str(url.with_user(url.user or "messaging").with_password(f"test-{uuid.uuid4().hex}"))
         else:
             values[name] = f"test-secret-{uuid.uuid4().hex}"
-    if "public_base_url" in kind.model_fields:
-        values.setdefault("public_base_url", "https://messaging.example.com")
     return kind(messaging_profile=Profile.PRODUCTION, **values)

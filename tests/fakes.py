@@ -85,6 +85,8 @@ class FakeConversationService:
         self.development_fallback = development_fallback
         # Off: an expired key is still vouched for, as a cached answer from before its expiry would be.
         self.honours_expiry = True
+        # Off: every call is a 503, as while its database is unreachable.
+        self.available = True
         self.keys: dict[str, KeyIdentity] = {}
         self.owners: dict[str, uuid.UUID] = {}
         self.verifications = 0
@@ -113,6 +115,8 @@ class FakeConversationService:
     ) -> web.StreamResponse:
         if request.headers.get("Authorization") != f"Bearer {self.service_token}":
             return web.json_response({"error": "unauthorized"}, status=401)
+        if not self.available:
+            return web.json_response({"error": "service_unavailable"}, status=503)
         return await handler(request)
 
     async def _verify(self, request: web.Request) -> web.Response:

@@ -368,6 +368,25 @@ async def test_a_verified_key_is_cached_and_a_revoke_holds_once_the_cache_lapses
     assert (await uncached.client.get("/api/conversations", headers=bearer(key))).status == 401
 
 
+async def test_while_conversation_service_is_away_owners_it_named_still_hold_but_keys_do_not(
+    aiohttp_client: Any, aiohttp_server: Any
+) -> None:
+    stack = await start(aiohttp_client, aiohttp_server, profile=Profile.DEVELOPMENT, auth_cache_seconds=0)
+    key = stack.service.add_key(ACME)
+    assert (await stack.client.post("/api/webhooks/sms", json={**SMS_WEBHOOK, "to": GLOBEX_PHONE})).status == 202
+    assert (await stack.client.get("/api/conversations", headers=bearer(key))).status == 200
+    stack.service.available = False
+
+    inbound = await stack.client.post(
+        "/api/webhooks/sms", json={**SMS_WEBHOOK, "to": GLOBEX_PHONE, "messaging_provider_id": "message-2"}
+    )
+    keyed = await stack.client.get("/api/conversations", headers=bearer(key))
+    never_asked = await stack.client.post("/api/webhooks/sms", json={**SMS_WEBHOOK, "to": UNOWNED_PHONE})
+
+    assert (inbound.status, keyed.status, never_asked.status) == (202, 503, 503)
+    assert [event.account_id for event in stack.publisher.published] == [GLOBEX, GLOBEX]  # type: ignore[attr-defined]
+
+
 async def test_the_gateway_checks_the_expiry_itself(production: Stack) -> None:
     # As a cached answer would be: conversation_service said yes before the key expired.
     production.service.honours_expiry = False
@@ -436,7 +455,7 @@ async def test_keys_never_appear_in_clear_in_the_logs(
     logged = "\n".join(all_log_lines)
     assert "api key refused" in logged
     for key in (good, revoked, read_only, "msk_0123abcd_" + "y" * 43):
-        secret = key.rsplit("_", 1)[1]
+        secret = key.split("_", 2)[2]
         assert secret not in logged
     # The prefix names a key in the logs, as in bin/admin's lists.
     assert revoked.split("_")[1] in logged

@@ -41,7 +41,7 @@ def test_production_refuses_to_start_without_its_secrets_naming_each(tmp_path: P
 
     assert finished.returncode != 0
     assert "cannot start" in finished.stderr
-    assert {"AMQP_URL", "INTERNAL_SERVICE_TOKEN"} <= set(secret_settings())
+    assert {"AMQP_URL", "INTERNAL_SERVICE_TOKEN", "SMS_WEBHOOK_AUTH_TOKEN", "PUBLIC_BASE_URL"} <= set(secret_settings())
     for name in secret_settings():
         assert name in finished.stderr, f"{name} is not named in: {finished.stderr}"
 

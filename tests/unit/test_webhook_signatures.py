@@ -18,12 +18,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import ValidationError
 from twilio.request_validator import RequestValidator
 
+from common import context
+from common.accounts import DEVELOPMENT_ACCOUNT_ID
 from common.contracts import DeliveryReported, MessageReceived
 from common.settings import Profile
 from gateway.app import create_app
@@ -75,9 +77,9 @@ def public_key_setting(key: ec.EllipticCurvePrivateKey) -> str:
     return base64.b64encode(der).decode()
 
 
-def gateway_settings(profile: Profile, directory: TestServer, **overrides: Any) -> GatewaySettings:
+def gateway_settings(profile: Profile, **overrides: Any) -> GatewaySettings:
     values: dict[str, Any] = {
-        "conversation_service_url": str(directory.make_url("")),
+        "conversation_service_url": "http://127.0.0.1:1",
         "public_base_url": BASE_URL,
         "sms_webhook_auth_token": SMS_TOKEN,
         "email_webhook_secret": EMAIL_SECRET,
@@ -198,26 +200,27 @@ def publisher() -> RecordingPublisher:
 
 
 @pytest.fixture
-async def directory(aiohttp_server: Any) -> TestServer:
-    """conversation_service's address owners, in memory: every address is the development account's."""
-    return await aiohttp_server(FakeConversationService(GatewaySettings().internal_service_token).app())
+async def owners_url(aiohttp_server: Any) -> str:
+    """A conversation_service that names the development account the owner of every address."""
+    token = GatewaySettings.model_fields["internal_service_token"].default
+    return str((await aiohttp_server(FakeConversationService(token).app())).make_url(""))
 
 
-async def gateway(
-    aiohttp_client: Any, publisher: RecordingPublisher, profile: Profile, directory: TestServer
-) -> TestClient:
-    app = create_app(gateway_settings(profile, directory), publisher=publisher, key_store=MemoryKeyStore())
+async def gateway(aiohttp_client: Any, publisher: RecordingPublisher, profile: Profile, owners_url: str) -> TestClient:
+    app = create_app(
+        gateway_settings(profile, conversation_service_url=owners_url), publisher=publisher, key_store=MemoryKeyStore()
+    )
     return await aiohttp_client(app)
 
 
 @pytest.fixture
-async def production(aiohttp_client: Any, publisher: RecordingPublisher, directory: TestServer) -> TestClient:
-    return await gateway(aiohttp_client, publisher, Profile.PRODUCTION, directory)
+async def production(aiohttp_client: Any, publisher: RecordingPublisher, owners_url: str) -> TestClient:
+    return await gateway(aiohttp_client, publisher, Profile.PRODUCTION, owners_url)
 
 
 @pytest.fixture
-async def development(aiohttp_client: Any, publisher: RecordingPublisher, directory: TestServer) -> TestClient:
-    return await gateway(aiohttp_client, publisher, Profile.DEVELOPMENT, directory)
+async def development(aiohttp_client: Any, publisher: RecordingPublisher, owners_url: str) -> TestClient:
+    return await gateway(aiohttp_client, publisher, Profile.DEVELOPMENT, owners_url)
 
 
 async def send(client: TestClient, post: Post) -> Any:
@@ -365,12 +368,12 @@ async def test_production_refuses_the_inbound_alias_without_a_type(
 
 
 async def test_a_quarantined_webhook_passes_once_the_secret_is_fixed(
-    aiohttp_client: Any, publisher: RecordingPublisher, directory: TestServer
+    aiohttp_client: Any, publisher: RecordingPublisher, owners_url: str
 ) -> None:
     """The gateway had a wrong secret an hour ago, when the provider posted; with the secret fixed,
     the kept request verifies as it was, its timestamp judged by its arrival, and is published."""
     misconfigured = create_app(
-        gateway_settings(Profile.PRODUCTION, directory, email_webhook_secret="a-wrong-secret"),
+        gateway_settings(Profile.PRODUCTION, email_webhook_secret="a-wrong-secret"),
         publisher=publisher,
         key_store=MemoryKeyStore(),
     )
@@ -386,10 +389,13 @@ async def test_a_quarantined_webhook_passes_once_the_secret_is_fixed(
     fixed_publisher = RecordingPublisher()
     fixed = await aiohttp_client(
         create_app(
-            gateway_settings(Profile.PRODUCTION, directory), publisher=fixed_publisher, key_store=MemoryKeyStore()
+            gateway_settings(Profile.PRODUCTION, conversation_service_url=owners_url),
+            publisher=fixed_publisher,
+            key_store=MemoryKeyStore(),
         )
     )
     webhooks = fixed.app[WEBHOOKS]
+    context.account_id.set(DEVELOPMENT_ACCOUNT_ID)  # as the authentication middleware would
     with pytest.raises(SignatureRefused, match="timestamp"):
         await webhooks.handle(arrived_now.replayed_at(webhooks.origin_for(arrived_now.request.origin)), uuid.uuid4())
     replayed = arrived_an_hour_ago.replayed_at(webhooks.origin_for(arrived_an_hour_ago.request.origin))
