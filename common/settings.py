@@ -103,7 +103,11 @@ class ProcessSettings(BaseSettings):
 
 
 class ServiceSettings(ProcessSettings):
-    amqp_url: str = secret("amqp://guest:guest@127.0.0.1:5672/", "RabbitMQ connection URL")
+    amqp_url: str = secret(
+        "amqp://guest:guest@127.0.0.1:5672/",
+        "RabbitMQ connection URL; for a cluster, each node's URL, comma-separated: a lost connection is "
+        "made again to the next node in turn",
+    )
     broker_namespace: str = Field(
         "",
         description="Prefix for every exchange and queue name, so several deployments (or a test run) "
@@ -121,6 +125,25 @@ class ServiceSettings(ProcessSettings):
     shutdown_grace_seconds: float = Field(
         10.0, gt=0, description="How long a stopping consumer waits for in-flight messages"
     )
+    queue_max_length: int = Field(
+        100_000,
+        ge=1,
+        description="Ready messages one queue holds; past it the broker refuses a publish to it and the "
+        "gateway answers 503 with Retry-After, so a stalled consumer cannot fill the broker's memory. A queue "
+        "argument: changing it takes `make migrate-queues` (see README, Limits)",
+    )
+    consumer_hold_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="While a consumer is paused (conversation_service while the database is away), how long "
+        "it keeps working on the deliveries in hand before it hands them back to the queue as fresh copies, "
+        "uncounted. Keep it below the broker's consumer_timeout (30 minutes by default), past which the "
+        "broker takes them back itself and counts a delivery for each",
+    )
+
+    @property
+    def amqp_urls(self) -> list[str]:
+        return [url.strip() for url in self.amqp_url.split(",") if url.strip()]
 
 
 class DatabaseSettings(BaseSettings):
