@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 
 .PHONY: help setup run test test-unit test-integration test-e2e lint tour migrate bench
-.PHONY: dead-letters replay-dead-letters
+.PHONY: dead-letters replay-dead-letters migrate-queues
 .PHONY: test-faults
 
 help:
@@ -14,6 +14,7 @@ help:
 	@echo "make bench  - load a running stack and print its throughput and latency (bin/benchmark.py)"
 	@echo "make dead-letters        - list every dead-letter queue's messages and why they died (ARGS='--queue Q --limit N')"
 	@echo "make replay-dead-letters - move dead letters back to their queues (ARGS='--queue Q --limit N --message-id ID')"
+	@echo "make migrate-queues      - give queues of an earlier version this one's arguments, keeping their messages (services stopped)"
 	@echo "make lint   - ruff"
 
 setup:
@@ -51,6 +52,9 @@ dead-letters:
 
 replay-dead-letters:
 	$(PY) -m common.dead_letters replay $(ARGS)
+
+migrate-queues:
+	$(PY) -m common.queue_migration
 
 lint: setup
 	$(PY) -m ruff check .

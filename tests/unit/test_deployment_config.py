@@ -11,7 +11,7 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
-from common.settings import DatabaseSettings
+from common.settings import DatabaseSettings, ServiceSettings
 from conversation_service.settings import ConversationSettings
 from email_service.settings import EmailMockBehaviourSettings, EmailMockProviderSettings, EmailSettings
 from gateway.settings import GatewaySettings
@@ -26,6 +26,7 @@ SETTINGS_OF_MODULE: dict[str, tuple[type[BaseSettings], ...]] = {
     "email_service": (EmailSettings,),
     "conversation_service": (ConversationSettings,),
     "conversation_service.migrate": (DatabaseSettings,),
+    "common.queue_migration": (ServiceSettings,),
     "sms_service.mock_provider": (SmsMockProviderSettings, SmsMockBehaviourSettings),
     "email_service.mock_provider": (EmailMockProviderSettings, EmailMockBehaviourSettings),
 }
@@ -37,6 +38,10 @@ PORT_SETTING = {
     "sms_service.mock_provider": "sms_provider_port",
     "email_service.mock_provider": "email_provider_port",
 }
+
+
+# Run once before the services, to completion; everything else runs for good.
+ONE_OFF_JOBS = {"migrate", "migrate_queues"}
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +80,12 @@ def test_compose_runs_the_processes_start_sh_runs(compose: dict[str, Any]) -> No
 
     assert len(started) == 6
     assert {name: composed[name] for name in started} == started
-    assert set(composed) - set(started) == {"migrate"}
+    assert set(composed) - set(started) == ONE_OFF_JOBS
     assert composed["migrate"] == "conversation_service.migrate"
-    assert "-m conversation_service.migrate" in (ROOT / "bin/setup.sh").read_text()
+    assert composed["migrate_queues"] == "common.queue_migration"
+    setup = (ROOT / "bin/setup.sh").read_text()
+    assert "-m conversation_service.migrate" in setup
+    assert "-m common.queue_migration" in setup
 
 
 def test_every_compose_environment_name_is_a_setting_of_its_process(compose: dict[str, Any]) -> None:
@@ -114,3 +122,43 @@ def test_env_example_lists_only_real_settings_with_their_defaults() -> None:
     for name, value in entries.items():
         assert value == str(known[name]), f"{name}={value} in .env.example, but the default is {known[name]}"
     assert {"DATABASE_URL", "AMQP_URL", "GATEWAY_PORT", "SMS_PROVIDER_URL", "EMAIL_PROVIDER_URL"} <= set(entries)
+
+
+def seconds(duration: str) -> float:
+    match = re.fullmatch(r"(\d+)(s|m)", duration)
+    assert match, f"{duration!r} is not a duration in whole seconds or minutes"
+    return int(match[1]) * (60 if match[2] == "m" else 1)
+
+
+def test_every_http_process_is_healthy_only_once_its_readyz_answers(compose: dict[str, Any]) -> None:
+    for name, service in python_services(compose).items():
+        if name in ONE_OFF_JOBS:
+            continue
+        port = service["environment"][PORT_SETTING[module_of(service["command"])].upper()]
+        test = " ".join(service["healthcheck"]["test"])
+        assert f"http://127.0.0.1:{port}/readyz" in test, f"{name}'s healthcheck is not its own /readyz: {test}"
+    for name in ("postgres", "rabbitmq"):
+        assert compose["services"][name]["healthcheck"]["test"], name
+
+
+def test_every_service_restarts_and_one_off_jobs_only_until_they_succeed(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        expected = "on-failure" if name in ONE_OFF_JOBS else "unless-stopped"
+        assert service.get("restart") == expected, f"{name} restarts {service.get('restart')!r}"
+
+
+def test_services_start_after_what_they_need_is_healthy_or_done(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, service in services.items():
+        for needed, how in service.get("depends_on", {}).items():
+            expected = "service_completed_successfully" if needed in ONE_OFF_JOBS else "service_healthy"
+            assert how == {"condition": expected}, f"{name} waits for {needed} with {how}"
+            assert needed in ONE_OFF_JOBS or "healthcheck" in services[needed], f"{needed} has no healthcheck"
+    for name in ("gateway", "sms_service", "email_service", "conversation_service"):
+        assert {"rabbitmq", "migrate_queues"} <= set(services[name]["depends_on"]), name
+
+
+def test_docker_waits_for_a_stopping_service_past_its_shutdown_grace(compose: dict[str, Any]) -> None:
+    grace = ServiceSettings.model_fields["shutdown_grace_seconds"].default
+    for name, service in python_services(compose).items():
+        assert seconds(service["stop_grace_period"]) > grace, f"{name} is killed before its grace is over"
