@@ -109,25 +109,33 @@ class TopologyMismatch(Exception):
 MIGRATE_COMMAND = "make migrate-queues (python -m common.queue_migration)"
 
 
+# Replicated like the queues they serve: a classic queue lives on one node, and with that node down
+# no client could declare it, so none could reconnect to the others.
+DEAD_LETTER_QUEUE_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum"}
+
+
 async def declare_topology(channel: AbstractChannel, topology: Topology, arguments: QueueArguments) -> AbstractExchange:
     exchange = await channel.declare_exchange(topology.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
     dead_letters = await channel.declare_exchange(
         topology.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True
     )
     for spec in topology.queues:
-        try:
-            queue = await channel.declare_queue(spec.name, durable=True, arguments=arguments.of(spec, topology))
-        except aiormq.exceptions.ChannelPreconditionFailed as error:
-            raise TopologyMismatch(
-                f"queue {spec.name} exists with other arguments than this version declares ({error}); "
-                f"stop the services and run {MIGRATE_COMMAND}, which moves its messages to a queue with "
-                "the new ones"
-            ) from error
+        queue = await _declare(channel, spec.name, arguments.of(spec, topology))
         for routing_key in spec.bindings:
             await queue.bind(exchange, routing_key)
-        dead_letter_queue = await channel.declare_queue(spec.dead_letter_name, durable=True)
+        dead_letter_queue = await _declare(channel, spec.dead_letter_name, DEAD_LETTER_QUEUE_ARGUMENTS)
         await dead_letter_queue.bind(dead_letters, spec.name)
     return exchange
+
+
+async def _declare(channel: AbstractChannel, name: str, arguments: dict[str, Any]) -> AbstractQueue:
+    try:
+        return await channel.declare_queue(name, durable=True, arguments=arguments)
+    except aiormq.exceptions.ChannelPreconditionFailed as error:
+        raise TopologyMismatch(
+            f"queue {name} exists with other arguments than this version declares ({error}); stop the "
+            f"services and run {MIGRATE_COMMAND}, which moves its messages to a queue with the new ones"
+        ) from error
 
 
 def copy_of(message: AbstractIncomingMessage) -> aio_pika.Message:

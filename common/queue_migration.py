@@ -4,7 +4,8 @@
 
 RabbitMQ refuses to declare an existing queue with other arguments (PRECONDITION_FAILED), and a
 queue's arguments never change in place: a queue made by an earlier version (without a length limit,
-say, or with another DELIVERY_LIMIT) stops the services from starting. For each such queue, with its
+say, or with another DELIVERY_LIMIT) stops the services from starting. The same holds for the dead-letter
+queues, quorum queues now (replicated, like the queues they serve). For each such queue, with its
 consumers stopped, this
 
 1. declares a holding queue `<queue>.migrating`, binds it as the queue is bound, then unbinds the
@@ -26,9 +27,16 @@ from typing import Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 
-from common.broker import PUBLISH_TIMEOUT_SECONDS, QueueArguments, QueueSpec, Topology, connect, copy_of
+from common.broker import (
+    DEAD_LETTER_QUEUE_ARGUMENTS,
+    PUBLISH_TIMEOUT_SECONDS,
+    QueueArguments,
+    Topology,
+    connect,
+    copy_of,
+)
 from common.settings import ServiceSettings
 
 HOLDING_SUFFIX = ".migrating"
@@ -73,54 +81,74 @@ async def _move_and_delete(source: AbstractQueue, target: str, channel: Abstract
     return moved
 
 
-async def _rebind(spec: QueueSpec, exchange: AbstractExchange, to: AbstractQueue, away_from: AbstractQueue) -> None:
-    for routing_key in spec.bindings:
+# (exchange name, routing key)
+Binding = tuple[str, str]
+
+
+async def _rebind(bindings: list[Binding], to: AbstractQueue, away_from: AbstractQueue) -> None:
+    for exchange, routing_key in bindings:
         await to.bind(exchange, routing_key)
-    for routing_key in spec.bindings:
+    for exchange, routing_key in bindings:
         await away_from.unbind(exchange, routing_key)
 
 
+async def _confirming_channel(connection: AbstractConnection) -> AbstractChannel:
+    return await connection.channel(publisher_confirms=True, on_return_raises=True)
+
+
 async def migrate_queue(
-    connection: AbstractConnection,
-    channel: AbstractChannel,
-    exchange: AbstractExchange,
-    spec: QueueSpec,
-    wanted: dict[str, Any],
+    connection: AbstractConnection, name: str, bindings: list[Binding], wanted: dict[str, Any]
 ) -> int | None:
     """Messages moved through the holding queue, or None when the queue needed nothing."""
-    holding_name = f"{spec.name}{HOLDING_SUFFIX}"
-    if await _declares_as(connection, spec.name, wanted):
+    holding_name = f"{name}{HOLDING_SUFFIX}"
+    if await _declares_as(connection, name, wanted):
         if not await _declares_as(connection, holding_name, None):
             return None
         # An earlier run stopped half-way: the queue is new already, its messages wait in the holding one.
-        queue = await channel.get_queue(spec.name)
-        holding = await channel.get_queue(holding_name)
     else:
-        old = await channel.declare_queue(spec.name, passive=True)
-        consumers = old.declaration_result.consumer_count if old.declaration_result else 0
-        if consumers:
-            raise MigrationRefused(
-                f"queue {spec.name} needs migrating but {consumers} consumer(s) still use it: stop the services, "
-                "then run this again"
-            )
-        holding = await channel.declare_queue(holding_name, durable=True, arguments={"x-queue-type": "quorum"})
-        await _rebind(spec, exchange, to=holding, away_from=old)
-        await _move_and_delete(old, holding_name, channel)
-        queue = await channel.declare_queue(spec.name, durable=True, arguments=wanted)
-    await _rebind(spec, exchange, to=queue, away_from=holding)
-    return await _move_and_delete(holding, spec.name, channel)
+        async with await _confirming_channel(connection) as channel:
+            old = await channel.declare_queue(name, passive=True)
+            consumers = old.declaration_result.consumer_count if old.declaration_result else 0
+            if consumers:
+                raise MigrationRefused(
+                    f"queue {name} needs migrating but {consumers} consumer(s) still use it: stop the services, "
+                    "then run this again"
+                )
+            holding = await channel.declare_queue(holding_name, durable=True, arguments={"x-queue-type": "quorum"})
+            await _rebind(bindings, to=holding, away_from=old)
+            await _move_and_delete(old, holding_name, channel)
+    # A channel of its own: RabbitMQ 3.10's channel keeps the deleted queue's type under its name, and
+    # crashes publishing to a queue of another type declared again under it (a classic dead-letter queue).
+    async with await _confirming_channel(connection) as channel:
+        queue = await channel.declare_queue(name, durable=True, arguments=wanted)
+        holding = await channel.get_queue(holding_name)
+        await _rebind(bindings, to=queue, away_from=holding)
+        return await _move_and_delete(holding, name, channel)
 
 
 async def migrate(settings: ServiceSettings) -> dict[str, int | None]:
-    """For each service queue, the messages it was migrated with, or None when it needed nothing."""
+    """For each service queue and dead-letter queue, the messages it was migrated with, or None when it
+    needed nothing."""
     topology = Topology(settings.broker_namespace)
     arguments = QueueArguments(settings.delivery_limit, settings.queue_max_length)
     report: dict[str, int | None] = {}
     async with await connect(settings.amqp_urls, name="queue migration") as connection:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        exchange = await channel.declare_exchange(topology.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        async with await connection.channel() as channel:
+            await channel.declare_exchange(topology.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+            await channel.declare_exchange(topology.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True)
         for spec in topology.queues:
-            report[spec.name] = await migrate_queue(connection, channel, exchange, spec, arguments.of(spec, topology))
+            report[spec.name] = await migrate_queue(
+                connection,
+                spec.name,
+                [(topology.exchange, routing_key) for routing_key in spec.bindings],
+                arguments.of(spec, topology),
+            )
+            report[spec.dead_letter_name] = await migrate_queue(
+                connection,
+                spec.dead_letter_name,
+                [(topology.dead_letter_exchange, spec.name)],
+                DEAD_LETTER_QUEUE_ARGUMENTS,
+            )
     return report
 
 

@@ -314,12 +314,25 @@ async def test_a_queue_of_an_earlier_version_is_named_and_migrated_keeping_every
             await old.bind(exchange, routing_key)
         for event in published:
             await Publisher(exchange).publish(event)
+        # Its dead-letter queue was a classic one, holding a dead letter.
+        dead_letters = await channel.declare_exchange(
+            topology.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        old_dead_letters = await channel.declare_queue(spec.dead_letter_name, durable=True)
+        await old_dead_letters.bind(dead_letters, spec.name)
+        dead = message_received()
+        await dead_letters.publish(aio_pika.Message(dead.model_dump_json().encode()), routing_key=spec.name)
 
         with pytest.raises(TopologyMismatch, match=re.escape(MIGRATE_COMMAND)):
             await declare_topology(await connection.channel(), topology, arguments)
 
     report = await migrate(settings)
-    assert report == {spec.name: 10, topology.sms_outbound.name: None, topology.email_outbound.name: None}
+    untouched = [topology.sms_outbound, topology.email_outbound]
+    assert report == {
+        spec.name: 10,
+        spec.dead_letter_name: 1,
+        **{name: None for other in untouched for name in (other.name, other.dead_letter_name)},
+    }
     assert await migrate(settings) == dict.fromkeys(report)
 
     async with await aio_pika.connect(amqp_url) as connection:
@@ -333,6 +346,8 @@ async def test_a_queue_of_an_earlier_version_is_named_and_migrated_keeping_every
                 await publisher.publish(message_received())
         events = await channel.get_queue(spec.name)
         kept = [message_event_adapter.validate_json((await events.get(timeout=5)).body) for _ in range(10)]
+        parked = await channel.get_queue(spec.dead_letter_name)
+        assert message_event_adapter.validate_json((await parked.get(timeout=5)).body) == dead
         with pytest.raises(aiormq.exceptions.ChannelNotFoundEntity):
             await (await connection.channel()).declare_queue(f"{spec.name}.migrating", passive=True)
     assert kept == published
