@@ -162,3 +162,32 @@ def test_docker_waits_for_a_stopping_service_past_its_shutdown_grace(compose: di
     grace = ServiceSettings.model_fields["shutdown_grace_seconds"].default
     for name, service in python_services(compose).items():
         assert seconds(service["stop_grace_period"]) > grace, f"{name} is killed before its grace is over"
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """Reads compose's `!reset` (an override's way to drop a value of the file it extends)."""
+
+
+_ComposeLoader.add_constructor("!reset", lambda loader, node: None)
+
+
+def test_the_cluster_override_runs_three_nodes_every_service_knows_of(compose: dict[str, Any]) -> None:
+    cluster = yaml.load((ROOT / "docker-compose.cluster.yml").read_text(), Loader=_ComposeLoader)
+    services = cluster["services"]
+    nodes = {name: service for name, service in services.items() if name.startswith("rabbitmq")}
+
+    assert set(nodes) == {"rabbitmq", "rabbitmq-2", "rabbitmq-3"}
+    names = {service["environment"]["RABBITMQ_NODENAME"] for service in nodes.values()}
+    assert names == {f"rabbit@{service['hostname']}" for service in nodes.values()} and len(names) == 3
+    peers = cluster["configs"]["rabbitmq-cluster"]["content"]
+    assert all(f"= {name}" in peers for name in names)
+    hosts = set(nodes)
+    for name, service in python_services(compose).items():
+        if "AMQP_URL" not in service.get("environment", {}):
+            continue
+        urls = services[name]["environment"]["AMQP_URL"].split(",")
+        assert {url.split("@")[1].split(":")[0] for url in urls} == hosts, f"{name} does not know every node"
+    for worker in ("conversation_service", "sms_service", "email_service"):
+        assert services[worker]["deploy"]["replicas"] >= 2
+        assert services[worker]["ports"] is None, f"{worker}'s replicas would fight over its published port"
+    assert all(service["restart"] == "unless-stopped" for service in nodes.values())
