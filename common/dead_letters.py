@@ -150,7 +150,7 @@ async def list_dead_letters(
             dead_letters, count = await _waiting(channel, spec.dead_letter_name)
             held = await _take(dead_letters, count if limit is None else min(count, limit))
             report.append(DeadLetterQueue(name, spec.dead_letter_name, count, tuple(map(describe, held))))
-            # Requeued, a classic queue's messages take their old places again.
+            # Requeued, they take their old places again (the quorum queue counts a delivery for each).
             for message in held:
                 await message.nack(requeue=True)
         return report
