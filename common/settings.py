@@ -39,6 +39,9 @@ _WELL_KNOWN_PASSWORDS = frozenset({"guest", "postgres", "password", "changeme", 
 def _is_default(value: Any, field: FieldInfo) -> bool:
     if value is None or value == "" or value == field.default:
         return True
+    if isinstance(value, str) and "," in value and "://" in value:
+        # A cluster's URLs (AMQP_URL): each one must have its own secret.
+        return any(_is_default(url.strip(), field) for url in value.split(","))
     if isinstance(value, str) and "://" in value:
         password = URL(value).password
         default = URL(field.default).password if isinstance(field.default, str) and "://" in field.default else None
