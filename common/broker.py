@@ -419,6 +419,8 @@ class Consumer(Generic[ContractT]):
 
     async def _hand_back_after(self, seconds: float, exchange: AbstractExchange) -> None:
         await asyncio.sleep(seconds)
+        # From here on nothing cancels it: a delivery whose handler it cancelled must be handed back.
+        self._hand_back_timer = None
         held = dict(self._handling)
         for task in held:
             task.cancel()
@@ -434,9 +436,10 @@ class Consumer(Generic[ContractT]):
 
     async def _hand_back(self, message: AbstractIncomingMessage, exchange: AbstractExchange) -> None:
         try:
-            await exchange.publish(
-                copy_of(message), routing_key=self._queue.name, mandatory=True, timeout=PUBLISH_TIMEOUT_SECONDS
-            )
+            async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+                await exchange.publish(
+                    copy_of(message), routing_key=self._queue.name, mandatory=True, timeout=PUBLISH_TIMEOUT_SECONDS
+                )
         except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, TimeoutError) as error:
             # Not lost either way: back on the queue, at the cost of one delivery of its limit.
             log.warning(
