@@ -455,11 +455,11 @@ class Consumer(Generic[ContractT]):
         assert task is not None
         self._in_flight.add(task)
         try:
-            await self._process(message, task)
+            await self._process(message)
         finally:
             self._in_flight.discard(task)
 
-    async def _process(self, message: AbstractIncomingMessage, task: asyncio.Task[Any]) -> None:
+    async def _process(self, message: AbstractIncomingMessage) -> None:
         context = {
             "queue": self._queue.name,
             "amqp_message_id": message.message_id,
@@ -477,6 +477,8 @@ class Consumer(Generic[ContractT]):
             return
         # Each delivery runs in a task of its own: this is its context alone, for every log line of it.
         request_context.correlation_id.set(getattr(contract, "correlation_id", None))
+        task = asyncio.current_task()
+        assert task is not None
         try:
             self._handling[task] = message
             try:
