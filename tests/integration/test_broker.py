@@ -28,7 +28,7 @@ from common.broker import (
     declare_topology,
 )
 from common.contracts import MessageReceived, message_event_adapter
-from common.queue_migration import migrate
+from common.queue_migration import MigrationRefused, migrate
 from common.settings import ServiceSettings
 from tests.factories import eventually, message_received
 from tests.proxy import ProxyFactory
@@ -351,6 +351,33 @@ async def test_a_queue_of_an_earlier_version_is_named_and_migrated_keeping_every
         with pytest.raises(aiormq.exceptions.ChannelNotFoundEntity):
             await (await connection.channel()).declare_queue(f"{spec.name}.migrating", passive=True)
     assert kept == published
+
+
+async def test_a_queue_still_consumed_is_not_migrated_and_keeps_what_it_holds(
+    amqp_url: str, broker_namespace: str
+) -> None:
+    settings = ServiceSettings(amqp_url=amqp_url, broker_namespace=broker_namespace, queue_max_length=20)
+    spec = Topology(broker_namespace).sms_outbound
+    async with await aio_pika.connect(amqp_url) as connection:
+        channel = await connection.channel(publisher_confirms=True)
+        # Declared by an earlier version, and an old process still consuming it.
+        old = await channel.declare_queue(spec.name, durable=True, arguments={"x-queue-type": "quorum"})
+        await channel.default_exchange.publish(aio_pika.Message(b"held"), routing_key=spec.name)
+        await channel.set_qos(prefetch_count=1)
+        held: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage] = asyncio.Queue()
+        await old.consume(held.put)
+        await asyncio.wait_for(held.get(), 5)
+
+        with pytest.raises(MigrationRefused, match=re.escape(f"queue {spec.name} needs migrating but 1 consumer")):
+            await migrate(settings)
+
+        await channel.close()
+        untouched = await (await connection.channel()).get_queue(spec.name)
+
+        async def holds_its_message() -> bool:
+            return await message_count(untouched) == 1
+
+        await eventually(holds_its_message, "the old queue still holding its message")
 
 
 async def test_a_lost_connection_is_made_again_to_the_next_node(amqp_url: str, proxy_to: ProxyFactory) -> None:
