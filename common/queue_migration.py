@@ -1,4 +1,5 @@
-"""Give each service queue the arguments this version declares, keeping every message it holds.
+"""Give each service queue and dead-letter queue the arguments this version declares, keeping every
+message it holds.
 
     python -m common.queue_migration        (make migrate-queues; bin/setup.sh runs it too)
 
@@ -47,8 +48,8 @@ class MigrationRefused(Exception):
 
 
 async def _declares_as(connection: AbstractConnection, name: str, arguments: dict[str, Any] | None) -> bool:
-    """Whether `name` exists and (with `arguments`) was declared with them; on a channel of its own,
-    since the broker closes the channel of a declare it refuses."""
+    """With `arguments`, whether `name` is declared with them (a missing queue is declared so); without,
+    whether it exists. On a channel of its own: the broker closes the channel of a declare it refuses."""
     probe = await connection.channel()
     try:
         if arguments is None:
