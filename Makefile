@@ -4,6 +4,7 @@ PY := $(VENV)/bin/python
 
 .PHONY: help setup run test test-unit test-integration test-e2e lint tour migrate bench
 .PHONY: dead-letters replay-dead-letters quarantine replay-quarantine
+.PHONY: dead-letters replay-dead-letters migrate-queues
 .PHONY: test-faults
 
 help:
@@ -16,6 +17,7 @@ help:
 	@echo "make replay-dead-letters - move dead letters back to their queues (ARGS='--queue Q --limit N --message-id ID')"
 	@echo "make quarantine          - list the webhooks refused for their signature: why, when, URL, body (ARGS='--limit N')"
 	@echo "make replay-quarantine   - verify them again with the current secrets; publish those that pass (ARGS='--limit N')"
+	@echo "make migrate-queues      - give queues of an earlier version this one's arguments, keeping their messages (services stopped)"
 	@echo "make lint   - ruff"
 
 setup:
@@ -59,6 +61,8 @@ quarantine:
 
 replay-quarantine:
 	$(PY) -m gateway.quarantine replay $(ARGS)
+migrate-queues:
+	$(PY) -m common.queue_migration
 
 lint: setup
 	$(PY) -m ruff check .

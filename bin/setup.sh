@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything a fresh clone needs before the stack can run or be tested, each step skipped when done:
 # the virtualenv and its packages, the email mock's signing keys in .env, reachable PostgreSQL and
-# RabbitMQ, the database role, database and schema.
+# RabbitMQ, the database roles, database and schema, and queues made by an earlier version migrated
+# to this one's arguments.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,3 +66,6 @@ fi
 
 say "creating the database role and database if missing, and migrating the schema"
 "$VENV/bin/python" -m conversation_service.migrate
+
+say "giving queues made by an earlier version this one's arguments, keeping their messages"
+"$VENV/bin/python" -m common.queue_migration

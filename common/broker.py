@@ -6,7 +6,7 @@ process starts first, a publish is always routed to the queues that need it.
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -19,8 +19,11 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
+from aio_pika.robust_connection import RobustConnection
 from aiohttp import web
+from aiormq.abc import AbstractConnection
 from pydantic import ValidationError
+from yarl import URL
 
 from common import context as request_context
 from common.contracts import Contract
@@ -33,6 +36,16 @@ PUBLISH_TIMEOUT_SECONDS = 5.0
 # How soon a lost broker connection is tried again (aio-pika's default is 5 s): the gateway answers 503
 # until it is back, so every second of this is a second of refused requests after the broker returns.
 RECONNECT_INTERVAL_SECONDS = 1.0
+# What a refused publish tells the client to wait: a full queue drains at the consumers' pace, while a
+# lost connection is usually back within a reconnect or two.
+QUEUE_FULL_RETRY_AFTER_SECONDS = 5.0
+BROKER_RETRY_AFTER_SECONDS = 1.0
+# How often a paused consumer asks whether what it waits for is back.
+AVAILABILITY_POLL_SECONDS = 1.0
+AVAILABILITY_CHECK_TIMEOUT_SECONDS = 2.0
+# A quorum queue's count of earlier deliveries: left on a copy put back on a queue, the queue's
+# consumer might take the copy's first delivery for its last.
+STALE_ON_COPY = frozenset({"x-delivery-count"})
 
 ContractT = TypeVar("ContractT", bound=Contract)
 
@@ -67,29 +80,79 @@ class Topology:
         return (self.sms_outbound, self.email_outbound, self.conversation_events)
 
 
-async def declare_topology(channel: AbstractChannel, topology: Topology, delivery_limit: int) -> AbstractExchange:
+@dataclass(frozen=True)
+class QueueArguments:
+    """What a service queue is declared with. The broker refuses to declare an existing queue with other
+    arguments, so changing any of these takes `python -m common.queue_migration` (see README, Limits)."""
+
+    delivery_limit: int
+    max_length: int
+
+    def of(self, spec: QueueSpec, topology: "Topology") -> dict[str, Any]:
+        return {
+            "x-queue-type": "quorum",
+            # Quorum queues count deliveries, so a message that keeps failing is dead-lettered after
+            # `delivery_limit` attempts instead of looping forever.
+            "x-delivery-limit": self.delivery_limit,
+            # A full queue refuses the publish (a nack, so the gateway answers a quick 503) instead of
+            # dropping its oldest message, and quorum queues dead-letter at-least-once only with it.
+            "x-max-length": self.max_length,
+            "x-overflow": "reject-publish",
+            "x-dead-letter-strategy": "at-least-once",
+            "x-dead-letter-exchange": topology.dead_letter_exchange,
+            "x-dead-letter-routing-key": spec.name,
+        }
+
+
+class TopologyMismatch(Exception):
+    """A queue exists with other arguments than this version declares: it must be migrated first."""
+
+
+MIGRATE_COMMAND = "make migrate-queues (python -m common.queue_migration)"
+
+
+# Replicated like the queues they serve: a classic queue lives on one node, and with that node down
+# no client could declare it, so none could reconnect to the others.
+DEAD_LETTER_QUEUE_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum"}
+
+
+async def declare_topology(channel: AbstractChannel, topology: Topology, arguments: QueueArguments) -> AbstractExchange:
     exchange = await channel.declare_exchange(topology.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
     dead_letters = await channel.declare_exchange(
         topology.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True
     )
     for spec in topology.queues:
-        # Quorum queues count deliveries, so a message that keeps failing is dead-lettered after
-        # `delivery_limit` attempts instead of looping forever.
-        queue = await channel.declare_queue(
-            spec.name,
-            durable=True,
-            arguments={
-                "x-queue-type": "quorum",
-                "x-delivery-limit": delivery_limit,
-                "x-dead-letter-exchange": topology.dead_letter_exchange,
-                "x-dead-letter-routing-key": spec.name,
-            },
-        )
+        queue = await _declare(channel, spec.name, arguments.of(spec, topology))
         for routing_key in spec.bindings:
             await queue.bind(exchange, routing_key)
-        dead_letter_queue = await channel.declare_queue(spec.dead_letter_name, durable=True)
+        dead_letter_queue = await _declare(channel, spec.dead_letter_name, DEAD_LETTER_QUEUE_ARGUMENTS)
         await dead_letter_queue.bind(dead_letters, spec.name)
     return exchange
+
+
+async def _declare(channel: AbstractChannel, name: str, arguments: dict[str, Any]) -> AbstractQueue:
+    try:
+        return await channel.declare_queue(name, durable=True, arguments=arguments)
+    except aiormq.exceptions.ChannelPreconditionFailed as error:
+        raise TopologyMismatch(
+            f"queue {name} exists with other arguments than this version declares ({error}); stop the "
+            f"services and run {MIGRATE_COMMAND}, which moves its messages to a queue with the new ones"
+        ) from error
+
+
+def copy_of(message: AbstractIncomingMessage) -> aio_pika.Message:
+    """A delivered message as a new one, to put back on a queue without its delivery count."""
+    return aio_pika.Message(
+        body=message.body,
+        headers={name: value for name, value in (message.headers or {}).items() if name not in STALE_ON_COPY},
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        type=message.type,
+        timestamp=message.timestamp,
+    )
 
 
 class ContractPublisher(Protocol):
@@ -100,6 +163,14 @@ class ContractPublisher(Protocol):
 
 class BrokerUnavailable(Exception):
     """The broker did not confirm a publish: the message is not safely queued."""
+
+    retry_after_seconds = BROKER_RETRY_AFTER_SECONDS
+
+
+class QueueFull(BrokerUnavailable):
+    """A queue the message is routed to is at its length limit and refused it."""
+
+    retry_after_seconds = QUEUE_FULL_RETRY_AFTER_SECONDS
 
 
 class Publisher:
@@ -125,6 +196,12 @@ class Publisher:
                 await self._exchange.publish(
                     message, routing_key=contract.routing_key, mandatory=True, timeout=PUBLISH_TIMEOUT_SECONDS
                 )
+        except aiormq.exceptions.DeliveryError as error:
+            # A nack (not a return: an unroutable message is a PublishError) is a queue at its limit,
+            # the one reason a quorum queue refuses a message it was routed.
+            if isinstance(error.frame, aiormq.spec.Basic.Nack):
+                raise QueueFull(f"a queue is full; {contract.routing_key} refused") from error
+            raise BrokerUnavailable(f"broker did not confirm {contract.routing_key}: {error!r}") from error
         except (
             aiormq.exceptions.AMQPError,
             aiormq.exceptions.ChannelInvalidStateError,
@@ -135,19 +212,81 @@ class Publisher:
             raise BrokerUnavailable(f"broker did not confirm {contract.routing_key}: {error!r}") from error
 
 
+class FailoverConnection(RobustConnection):
+    """A robust connection to any of several nodes of a cluster: each reconnect tries the next URL.
+
+    aio-pika reconnects to one URL only. It clears `transport` before every connection attempt, and
+    reads `url` once in it, so that moment is where the next node's URL is put in place.
+    """
+
+    def __init__(self, urls: Sequence[str], first: int = 0, **kwargs: Any) -> None:
+        self._urls = tuple(URL(url) for url in urls)
+        self._first = first
+        self._attempt = -1
+        self._transport: AbstractConnection | None = None
+        super().__init__(self._urls[first], **kwargs)
+        self._initialized = True
+
+    @property  # type: ignore[override]
+    def transport(self) -> Any:
+        return self._transport
+
+    @transport.setter
+    def transport(self, value: Any) -> None:
+        if value is None and getattr(self, "_initialized", False):
+            self._attempt += 1
+            self.url = self._urls[(self._first + self._attempt) % len(self._urls)]
+        self._transport = value
+
+
+async def connect(urls: Sequence[str], *, name: str) -> AbstractRobustConnection:
+    """A robust connection to the first of `urls` that answers, failing over to the others later on.
+
+    A start-up with no node answering fails at once, as with one URL: the service exits and its
+    supervisor starts it again, rather than it hanging half-started.
+    """
+    last_error: BaseException | None = None
+    for first in range(len(urls)):
+        connection = FailoverConnection(
+            urls,
+            first,
+            reconnect_interval=RECONNECT_INTERVAL_SECONDS,
+            client_properties={"connection_name": name},
+        )
+        try:
+            await connection.connect()
+        except (ConnectionError, OSError, aiormq.exceptions.AMQPError) as error:
+            last_error = error
+            await connection.close()
+            continue
+        return connection
+    assert last_error is not None, "no broker URL given"
+    raise last_error
+
+
 @dataclass
 class Broker:
-    """A channel for publishing and one for consuming: a channel error or flow control on one side
-    (a refused publish, a bad ack) then cannot close or stall the other."""
+    """A connection for publishing and one for consuming: when the broker blocks publishers (a memory or
+    disk alarm blocks every connection that publishes), the consumers' acks still get through and the
+    queues drain. On each, a channel error (a refused publish, a bad ack) cannot close the other side."""
 
-    connection: AbstractRobustConnection
+    publish_connection: AbstractRobustConnection
+    consume_connection: AbstractRobustConnection
     publish_channel: AbstractChannel
     consume_channel: AbstractChannel
     topology: Topology
     publisher: Publisher
 
     def is_ready(self) -> bool:
-        return not (self.connection.is_closed or self.publish_channel.is_closed or self.consume_channel.is_closed)
+        return not any(
+            resource.is_closed
+            for resource in (
+                self.publish_connection,
+                self.consume_connection,
+                self.publish_channel,
+                self.consume_channel,
+            )
+        )
 
 
 BROKER = web.AppKey("broker", Broker)
@@ -155,18 +294,30 @@ BROKER = web.AppKey("broker", Broker)
 
 def broker_ctx(settings: ServiceSettings) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        connection = await aio_pika.connect_robust(settings.amqp_url, reconnect_interval=RECONNECT_INTERVAL_SECONDS)
+        publish_connection = await connect(settings.amqp_urls, name="publish")
         try:
-            publish_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            consume_channel = await connection.channel()
-            await consume_channel.set_qos(prefetch_count=settings.consumer_prefetch)
-            topology = Topology(settings.broker_namespace)
-            exchange = await declare_topology(publish_channel, topology, settings.delivery_limit)
-            app[BROKER] = Broker(connection, publish_channel, consume_channel, topology, Publisher(exchange))
-            app[READINESS_CHECKS]["broker"] = _as_check(app[BROKER].is_ready)
-            yield
+            consume_connection = await connect(settings.amqp_urls, name="consume")
+            try:
+                publish_channel = await publish_connection.channel(publisher_confirms=True, on_return_raises=True)
+                consume_channel = await consume_connection.channel()
+                await consume_channel.set_qos(prefetch_count=settings.consumer_prefetch)
+                topology = Topology(settings.broker_namespace)
+                arguments = QueueArguments(settings.delivery_limit, settings.queue_max_length)
+                exchange = await declare_topology(publish_channel, topology, arguments)
+                app[BROKER] = Broker(
+                    publish_connection,
+                    consume_connection,
+                    publish_channel,
+                    consume_channel,
+                    topology,
+                    Publisher(exchange),
+                )
+                app[READINESS_CHECKS]["broker"] = _as_check(app[BROKER].is_ready)
+                yield
+            finally:
+                await consume_connection.close()
         finally:
-            await connection.close()
+            await publish_connection.close()
 
     return ctx
 
@@ -189,6 +340,11 @@ class Consumer(Generic[ContractT]):
 
     Every delivery runs in a task of its own (aio-pika starts one per message), so a handler waiting
     out a provider's backoff holds one of the channel's prefetch slots, not the whole queue.
+
+    `pause()` stops the deliveries while something every handler needs is away (the database): the
+    ones in hand go on, their handlers retrying, for `hold_seconds`; those still unfinished then are
+    handed back as fresh copies (published with a confirm, then acked), so that neither the broker's
+    consumer_timeout nor a nack counts a delivery against them; `resume()` takes deliveries again.
     """
 
     def __init__(
@@ -199,33 +355,102 @@ class Consumer(Generic[ContractT]):
         *,
         delivery_limit: int,
         redelivery_delay: float = 1.0,
+        hold_seconds: float | None = None,
+        hand_back_to: AbstractExchange | None = None,
     ) -> None:
         self._queue = queue
         self._parse = parse
         self._handler = handler
         self._delivery_limit = delivery_limit
         self._redelivery_delay = redelivery_delay
+        self._hold_seconds = hold_seconds
+        self._hand_back_to = hand_back_to
         self._consumer_tag: str | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
+        # The deliveries whose handler is running: the ones a pause can hand back.
+        self._handling: dict[asyncio.Task[Any], AbstractIncomingMessage] = {}
+        self._hand_back_timer: asyncio.Task[None] | None = None
+
+    @property
+    def paused(self) -> bool:
+        return self._consumer_tag is None
 
     async def start(self) -> None:
         self._consumer_tag = await self._queue.consume(self._on_message)
+
+    async def pause(self) -> None:
+        if self.paused:
+            return
+        await self._cancel_consuming()
+        log.warning("consumer paused; the deliveries in hand go on for now", extra={"queue": self._queue.name})
+        if self._hold_seconds is not None and self._hand_back_to is not None:
+            self._hand_back_timer = asyncio.create_task(self._hand_back_after(self._hold_seconds, self._hand_back_to))
+
+    async def resume(self) -> None:
+        if not self.paused:
+            return
+        await self.start()
+        if self._hand_back_timer is not None:
+            self._hand_back_timer.cancel()
+            self._hand_back_timer = None
+        log.info("consumer resumed", extra={"queue": self._queue.name})
 
     async def stop(self, grace_seconds: float) -> None:
         """Stop taking messages and give the ones in hand `grace_seconds` to finish.
 
         What is still running then is cancelled unacked, so the broker hands it out again.
         """
-        if self._consumer_tag is not None:
-            try:
-                await self._queue.cancel(self._consumer_tag)
-            except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, RuntimeError):
-                log.warning("consumer cancel failed", extra={"queue": self._queue.name})
+        if self._hand_back_timer is not None:
+            self._hand_back_timer.cancel()
+            await asyncio.gather(self._hand_back_timer, return_exceptions=True)
+        await self._cancel_consuming()
         if self._in_flight:
             _, unfinished = await asyncio.wait(self._in_flight, timeout=grace_seconds)
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
+
+    async def _cancel_consuming(self) -> None:
+        tag, self._consumer_tag = self._consumer_tag, None
+        if tag is None:
+            return
+        try:
+            await self._queue.cancel(tag)
+        except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, RuntimeError):
+            log.warning("consumer cancel failed", extra={"queue": self._queue.name})
+
+    async def _hand_back_after(self, seconds: float, exchange: AbstractExchange) -> None:
+        await asyncio.sleep(seconds)
+        # From here on nothing cancels it: a delivery whose handler it cancelled must be handed back.
+        self._hand_back_timer = None
+        held = dict(self._handling)
+        for task in held:
+            task.cancel()
+        await asyncio.gather(*held, return_exceptions=True)
+        returned = [message for task, message in held.items() if task.cancelled()]
+        for message in returned:
+            await self._hand_back(message, exchange)
+        if returned:
+            log.warning(
+                "handed back the deliveries held through a pause",
+                extra={"queue": self._queue.name, "count": len(returned), "hold_seconds": seconds},
+            )
+
+    async def _hand_back(self, message: AbstractIncomingMessage, exchange: AbstractExchange) -> None:
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+                await exchange.publish(
+                    copy_of(message), routing_key=self._queue.name, mandatory=True, timeout=PUBLISH_TIMEOUT_SECONDS
+                )
+        except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, TimeoutError) as error:
+            # Not lost either way: back on the queue, at the cost of one delivery of its limit.
+            log.warning(
+                "could not hand a held delivery back as a copy; it goes back counted",
+                extra={"queue": self._queue.name, "amqp_message_id": message.message_id, "error": repr(error)},
+            )
+            await message.nack(requeue=True)
+            return
+        await message.ack()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()
@@ -254,8 +479,14 @@ class Consumer(Generic[ContractT]):
             return
         # Each delivery runs in a task of its own: this is its context alone, for every log line of it.
         request_context.correlation_id.set(getattr(contract, "correlation_id", None))
+        task = asyncio.current_task()
+        assert task is not None
         try:
-            await self._handler(contract)
+            self._handling[task] = message
+            try:
+                await self._handler(contract)
+            finally:
+                del self._handling[task]
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -290,15 +521,48 @@ def consumer_ctx(
     queue_spec: Callable[[Topology], QueueSpec],
     parse: Callable[[bytes], ContractT],
     make_handler: Callable[[web.Application], Callable[[ContractT], Awaitable[Any]]],
+    *,
+    pause_unless: Callable[[web.Application], Callable[[], Awaitable[bool]]] | None = None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A cleanup_ctx that consumes one queue for the app's lifetime; needs `broker_ctx` before it."""
+    """A cleanup_ctx that consumes one queue for the app's lifetime; needs `broker_ctx` before it.
+
+    With `pause_unless`, the consumer pauses while that check (of what every handler needs, such as the
+    database) fails, and resumes by itself once it passes again.
+    """
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         broker = app[BROKER]
         queue = await broker.consume_channel.get_queue(queue_spec(broker.topology).name, ensure=True)
-        consumer = Consumer(queue, parse, make_handler(app), delivery_limit=settings.delivery_limit)
+        consumer = Consumer(
+            queue,
+            parse,
+            make_handler(app),
+            delivery_limit=settings.delivery_limit,
+            hold_seconds=settings.consumer_hold_seconds,
+            hand_back_to=broker.publish_channel.default_exchange,
+        )
         await consumer.start()
+        follower = None if pause_unless is None else asyncio.create_task(_follow(consumer, pause_unless(app)))
         yield
+        if follower is not None:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
         await consumer.stop(settings.shutdown_grace_seconds)
 
     return ctx
+
+
+async def _follow(consumer: Consumer[Any], available: Callable[[], Awaitable[bool]]) -> None:
+    """Pause `consumer` while `available` fails (an error or no answer in time counts as failing)."""
+    while True:
+        await asyncio.sleep(AVAILABILITY_POLL_SECONDS)
+        try:
+            async with asyncio.timeout(AVAILABILITY_CHECK_TIMEOUT_SECONDS):
+                up = await available()
+        except Exception:
+            up = False
+        try:
+            await (consumer.resume() if up else consumer.pause())
+        except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, RuntimeError) as error:
+            # The broker is away too; the robust connection brings the channel back, and the next round retries.
+            log.warning("could not pause or resume the consumer", extra={"error": repr(error)})

@@ -25,18 +25,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from common.broker import PUBLISH_TIMEOUT_SECONDS, QueueSpec, Topology
+from common.broker import PUBLISH_TIMEOUT_SECONDS, QueueSpec, Topology, connect, copy_of
 from common.settings import ServiceSettings
 
 BODY_PREVIEW_CHARS = 200
-
-# The dead letter's own delivery count: left on a replayed message, the queue might take its first
-# delivery for its last.
-STALE_ON_REPLAY = frozenset({"x-delivery-count"})
 
 
 @dataclass(frozen=True)
@@ -148,31 +143,17 @@ async def list_dead_letters(
 ) -> list[DeadLetterQueue]:
     """What each dead-letter queue holds (at most `limit` messages of each); nothing is taken off."""
     topology = Topology(settings.broker_namespace)
-    async with await aio_pika.connect(settings.amqp_url) as connection:
+    async with await connect(settings.amqp_urls, name="dead letters") as connection:
         channel = await connection.channel()
         report = []
         for name, spec in _selected(topology, queue):
             dead_letters, count = await _waiting(channel, spec.dead_letter_name)
             held = await _take(dead_letters, count if limit is None else min(count, limit))
             report.append(DeadLetterQueue(name, spec.dead_letter_name, count, tuple(map(describe, held))))
-            # Requeued, a classic queue's messages take their old places again.
+            # Requeued, they take their old places again (the quorum queue counts a delivery for each).
             for message in held:
                 await message.nack(requeue=True)
         return report
-
-
-def _replay_of(message: AbstractIncomingMessage) -> aio_pika.Message:
-    return aio_pika.Message(
-        body=message.body,
-        headers={name: value for name, value in (message.headers or {}).items() if name not in STALE_ON_REPLAY},
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=message.message_id,
-        correlation_id=message.correlation_id,
-        type=message.type,
-        timestamp=message.timestamp,
-    )
 
 
 async def replay_dead_letters(
@@ -187,7 +168,7 @@ async def replay_dead_letters(
     topology = Topology(settings.broker_namespace)
     replayed: dict[str, int] = {}
     left = limit
-    async with await aio_pika.connect(settings.amqp_url) as connection:
+    async with await connect(settings.amqp_urls, name="dead letters") as connection:
         # Confirms and returns raising: a publish that comes back unrouted must fail before the ack.
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         for name, spec in _selected(topology, queue):
@@ -202,7 +183,7 @@ async def replay_dead_letters(
                     passed_over.append(message)
                     continue
                 await channel.default_exchange.publish(
-                    _replay_of(message), routing_key=spec.name, mandatory=True, timeout=PUBLISH_TIMEOUT_SECONDS
+                    copy_of(message), routing_key=spec.name, mandatory=True, timeout=PUBLISH_TIMEOUT_SECONDS
                 )
                 await message.ack()
                 replayed[name] += 1

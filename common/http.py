@@ -10,7 +10,7 @@ from aiohttp import web
 from pydantic import ValidationError
 from typing_extensions import TypedDict
 
-from common.broker import BrokerUnavailable
+from common.broker import BrokerUnavailable, QueueFull
 from common.errors import (
     Conflict,
     DomainError,
@@ -104,8 +104,14 @@ async def error_middleware(
     except BrokerUnavailable as error:
         log.warning("broker unavailable", extra={"path": request.path, "reason": str(error)})
         return web.json_response(
-            error_body("service_unavailable", "the message broker did not accept the message; retry later"),
+            error_body(
+                "service_unavailable",
+                "the message queue is full; retry later"
+                if isinstance(error, QueueFull)
+                else "the message broker did not accept the message; retry later",
+            ),
             status=503,
+            headers={"Retry-After": str(max(1, math.ceil(error.retry_after_seconds)))},
         )
     except web.HTTPException as error:
         if error.empty_body or error.status < 400:

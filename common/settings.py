@@ -39,6 +39,9 @@ _WELL_KNOWN_PASSWORDS = frozenset({"guest", "postgres", "password", "changeme", 
 def _is_default(value: Any, field: FieldInfo) -> bool:
     if value is None or value == "" or value == field.default:
         return True
+    if isinstance(value, str) and "," in value and "://" in value:
+        # A cluster's URLs (AMQP_URL): each one must have its own secret.
+        return any(_is_default(url.strip(), field) for url in value.split(","))
     # A credential URL (its default is one): its password must be its own. A URL that carries no
     # credential (a public origin) only has to be set.
     if isinstance(value, str) and "://" in value and isinstance(field.default, str) and "://" in field.default:
@@ -104,7 +107,11 @@ class ProcessSettings(BaseSettings):
 
 
 class ServiceSettings(ProcessSettings):
-    amqp_url: str = secret("amqp://guest:guest@127.0.0.1:5672/", "RabbitMQ connection URL")
+    amqp_url: str = secret(
+        "amqp://guest:guest@127.0.0.1:5672/",
+        "RabbitMQ connection URL; for a cluster, each node's URL, comma-separated: a lost connection is "
+        "made again to the next node in turn",
+    )
     broker_namespace: str = Field(
         "",
         description="Prefix for every exchange and queue name, so several deployments (or a test run) "
@@ -122,6 +129,25 @@ class ServiceSettings(ProcessSettings):
     shutdown_grace_seconds: float = Field(
         10.0, gt=0, description="How long a stopping consumer waits for in-flight messages"
     )
+    queue_max_length: int = Field(
+        100_000,
+        ge=1,
+        description="Ready messages one queue holds; past it the broker refuses a publish to it and the "
+        "gateway answers 503 with Retry-After, so a stalled consumer cannot fill the broker's memory. A queue "
+        "argument: changing it takes `make migrate-queues` (see README, Limits)",
+    )
+    consumer_hold_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="While a consumer is paused (conversation_service while the database is away), how long "
+        "it keeps working on the deliveries in hand before it hands them back to the queue as fresh copies, "
+        "uncounted. Keep it below the broker's consumer_timeout (30 minutes by default), past which the "
+        "broker takes them back itself and counts a delivery for each",
+    )
+
+    @property
+    def amqp_urls(self) -> list[str]:
+        return [url.strip() for url in self.amqp_url.split(",") if url.strip()]
 
 
 class DatabaseSettings(BaseSettings):

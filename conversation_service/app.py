@@ -37,6 +37,8 @@ def create_app(settings: ConversationSettings, *, repository: MessageRepository 
                 lambda topology: topology.conversation_events,
                 message_event_adapter.validate_json,
                 lambda app: EventHandler(app[REPOSITORY]),
+                # Deliveries held through a long outage would outlive the broker's consumer_timeout.
+                pause_unless=lambda app: app[REPOSITORY].is_available,
             )
         )
         app.cleanup_ctx.append(

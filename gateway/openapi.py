@@ -150,7 +150,10 @@ def _intake(summary: str, description: str, request: str, *, deprecated: bool = 
             "400": _error("The body is not JSON"),
             "413": _error("The body is larger than the gateway accepts"),
             "422": _error("A field is invalid: one detail per field at fault, with the reason"),
-            "503": _error("The broker did not confirm the message; nothing was queued, retry later"),
+            "503": _error(
+                "The broker did not confirm the message (unreachable, or a queue is full); it may not be queued: "
+                "retry after Retry-After seconds"
+            ),
         },
     }
     if deprecated:
@@ -170,7 +173,10 @@ def _send(summary: str, description: str, request: str, *, deprecated: bool = Fa
     responses["422"] = _error(
         "A field is invalid, or the Idempotency-Key was used with a different request: one detail per field at fault"
     )
-    responses["503"] = _error("The broker or the Idempotency-Key store is unavailable; nothing was queued, retry later")
+    responses["503"] = _error(
+        "The broker (unreachable, or a queue full) or the Idempotency-Key store is unavailable; "
+        "retry later, after Retry-After seconds where given"
+    )
     return operation
 
 

@@ -1,18 +1,37 @@
-"""The consumer adapter on the real RabbitMQ: ack after the handler, dead letters instead of loops,
-and a stop that lets in-flight work finish."""
+"""The broker plumbing on the real RabbitMQ: ack after the handler, dead letters instead of loops, a
+stop that lets in-flight work finish, a pause that hands held deliveries back uncounted, a full queue
+refused at once, queues of an earlier version migrated without losing a message, and a connection
+that fails over to the next node."""
 
 import asyncio
 import logging
+import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import aio_pika
+import aiormq
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
 
-from common.broker import Consumer, Publisher, Topology, declare_topology
+from common.broker import (
+    MIGRATE_COMMAND,
+    PUBLISH_TIMEOUT_SECONDS,
+    Consumer,
+    Publisher,
+    QueueArguments,
+    QueueFull,
+    Topology,
+    TopologyMismatch,
+    connect,
+    declare_topology,
+)
 from common.contracts import MessageReceived, message_event_adapter
+from common.queue_migration import MigrationRefused, migrate
+from common.settings import ServiceSettings
 from tests.factories import eventually, message_received
+from tests.proxy import ProxyFactory
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +54,7 @@ async def bus(amqp_url: str, broker_namespace: str) -> AsyncIterator[Bus]:
     async with connection:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         topology = Topology(broker_namespace)
-        exchange = await declare_topology(channel, topology, DELIVERY_LIMIT)
+        exchange = await declare_topology(channel, topology, QueueArguments(DELIVERY_LIMIT, max_length=1000))
         yield Bus(
             connection,
             channel,
@@ -186,3 +205,196 @@ async def test_stop_returns_unfinished_work_to_the_queue_when_the_grace_runs_out
         return await message_count(events) == 1
 
     await eventually(requeued, "the unfinished message back on the queue")
+
+
+async def test_a_paused_consumer_hands_back_what_it_holds_uncounted_and_takes_it_again_on_resume(bus: Bus) -> None:
+    deliveries: list[MessageReceived] = []
+    stuck = asyncio.Event()
+
+    async def waits_for_the_database(event: MessageReceived) -> None:
+        deliveries.append(event)
+        if not stuck.is_set():
+            stuck.set()
+            await asyncio.sleep(60)
+
+    consumer = Consumer(
+        bus.events,
+        message_event_adapter.validate_json,
+        waits_for_the_database,
+        delivery_limit=DELIVERY_LIMIT,
+        hold_seconds=0.3,
+        hand_back_to=bus.channel.default_exchange,
+    )
+    await consumer.start()
+    try:
+        event = message_received()
+        await bus.publisher.publish(event)
+        await asyncio.wait_for(stuck.wait(), 10)
+
+        await consumer.pause()
+
+        async def handed_back() -> bool:
+            return await message_count(bus.events) == 1
+
+        # Ready on the queue again, so no consumer_timeout can catch it held; not taken while paused.
+        await eventually(handed_back, "the held delivery back on the queue")
+        assert len(deliveries) == 1
+        copy = await bus.events.get(timeout=5)
+        # A fresh message: its first delivery, not its second, so the pause used none of its limit.
+        assert (copy.headers or {}).get("x-delivery-count", 0) == 0
+        assert message_event_adapter.validate_json(copy.body) == event
+        await copy.nack(requeue=True)
+
+        await consumer.resume()
+
+        async def stored() -> bool:
+            return len(deliveries) == 2 and await message_count(bus.events) == 0
+
+        await eventually(stored, "the event handled after the resume")
+    finally:
+        await consumer.stop(grace_seconds=1)
+    assert deliveries == [event, event]
+    assert await message_count(bus.dead_letters) == 0
+
+
+async def test_a_publish_to_a_full_queue_is_refused_at_once_and_not_queued(
+    amqp_url: str, broker_namespace: str
+) -> None:
+    topology = Topology(broker_namespace)
+    async with await aio_pika.connect(amqp_url) as connection:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        publisher = Publisher(await declare_topology(channel, topology, QueueArguments(DELIVERY_LIMIT, max_length=3)))
+        accepted: list[MessageReceived] = []
+        # A quorum queue's limit is soft: it refuses once it is over it, so it may take one more.
+        for _ in range(5):
+            event = message_received()
+            started = time.monotonic()
+            try:
+                await publisher.publish(event)
+            except QueueFull:
+                refused_after = time.monotonic() - started
+                break
+            accepted.append(event)
+        else:
+            raise AssertionError("a queue of 3 took 5 messages")
+
+        events = await channel.get_queue(topology.conversation_events.name)
+        queued = [await events.get(timeout=5) for _ in accepted]
+        assert await message_count(events) == 0
+    assert len(accepted) in (3, 4)
+    assert refused_after < PUBLISH_TIMEOUT_SECONDS / 10, refused_after
+    assert [message_event_adapter.validate_json(m.body) for m in queued] == accepted
+
+
+async def test_a_queue_of_an_earlier_version_is_named_and_migrated_keeping_every_message(
+    amqp_url: str, broker_namespace: str
+) -> None:
+    settings = ServiceSettings(
+        amqp_url=amqp_url, broker_namespace=broker_namespace, delivery_limit=DELIVERY_LIMIT, queue_max_length=20
+    )
+    arguments = QueueArguments(settings.delivery_limit, settings.queue_max_length)
+    topology = Topology(broker_namespace)
+    spec = topology.conversation_events
+    published = [message_received() for _ in range(10)]
+    async with await aio_pika.connect(amqp_url) as connection:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        # As the version before queue length limits declared it, holding messages nobody consumed yet.
+        exchange = await channel.declare_exchange(topology.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        old = await channel.declare_queue(
+            spec.name,
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-delivery-limit": DELIVERY_LIMIT,
+                "x-dead-letter-exchange": topology.dead_letter_exchange,
+                "x-dead-letter-routing-key": spec.name,
+            },
+        )
+        for routing_key in spec.bindings:
+            await old.bind(exchange, routing_key)
+        for event in published:
+            await Publisher(exchange).publish(event)
+        # Its dead-letter queue was a classic one, holding a dead letter.
+        dead_letters = await channel.declare_exchange(
+            topology.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        old_dead_letters = await channel.declare_queue(spec.dead_letter_name, durable=True)
+        await old_dead_letters.bind(dead_letters, spec.name)
+        dead = message_received()
+        await dead_letters.publish(aio_pika.Message(dead.model_dump_json().encode()), routing_key=spec.name)
+
+        with pytest.raises(TopologyMismatch, match=re.escape(MIGRATE_COMMAND)):
+            await declare_topology(await connection.channel(), topology, arguments)
+
+    report = await migrate(settings)
+    untouched = [topology.sms_outbound, topology.email_outbound]
+    assert report == {
+        spec.name: 10,
+        spec.dead_letter_name: 1,
+        **{name: None for other in untouched for name in (other.name, other.dead_letter_name)},
+    }
+    assert await migrate(settings) == dict.fromkeys(report)
+
+    async with await aio_pika.connect(amqp_url) as connection:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        publisher = Publisher(await declare_topology(channel, topology, arguments))
+        # Routed to the new queue, and its limit holds: 10 kept plus 10 new fill it (one more may fit).
+        for _ in range(10):
+            await publisher.publish(message_received())
+        with pytest.raises(QueueFull):
+            for _ in range(2):
+                await publisher.publish(message_received())
+        events = await channel.get_queue(spec.name)
+        kept = [message_event_adapter.validate_json((await events.get(timeout=5)).body) for _ in range(10)]
+        parked = await channel.get_queue(spec.dead_letter_name)
+        assert message_event_adapter.validate_json((await parked.get(timeout=5)).body) == dead
+        with pytest.raises(aiormq.exceptions.ChannelNotFoundEntity):
+            await (await connection.channel()).declare_queue(f"{spec.name}.migrating", passive=True)
+    assert kept == published
+
+
+async def test_a_queue_still_consumed_is_not_migrated_and_keeps_what_it_holds(
+    amqp_url: str, broker_namespace: str
+) -> None:
+    settings = ServiceSettings(amqp_url=amqp_url, broker_namespace=broker_namespace, queue_max_length=20)
+    spec = Topology(broker_namespace).sms_outbound
+    async with await aio_pika.connect(amqp_url) as connection:
+        channel = await connection.channel(publisher_confirms=True)
+        # Declared by an earlier version, and an old process still consuming it.
+        old = await channel.declare_queue(spec.name, durable=True, arguments={"x-queue-type": "quorum"})
+        await channel.default_exchange.publish(aio_pika.Message(b"held"), routing_key=spec.name)
+        await channel.set_qos(prefetch_count=1)
+        held: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage] = asyncio.Queue()
+        await old.consume(held.put)
+        await asyncio.wait_for(held.get(), 5)
+
+        with pytest.raises(MigrationRefused, match=re.escape(f"queue {spec.name} needs migrating but 1 consumer")):
+            await migrate(settings)
+
+        await channel.close()
+        untouched = await (await connection.channel()).get_queue(spec.name)
+
+        async def holds_its_message() -> bool:
+            return await message_count(untouched) == 1
+
+        await eventually(holds_its_message, "the old queue still holding its message")
+
+
+async def test_a_lost_connection_is_made_again_to_the_next_node(amqp_url: str, proxy_to: ProxyFactory) -> None:
+    first, first_url = await proxy_to(amqp_url)
+    second, second_url = await proxy_to(amqp_url)
+    connection = await connect([first_url, second_url], name="failover test")
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        assert (first.open_connections, second.open_connections) == (1, 0)
+
+        first.pause()
+
+        async def published_through_the_second() -> bool:
+            try:
+                await channel.default_exchange.publish(aio_pika.Message(b"ping"), routing_key="nowhere", timeout=1)
+            except Exception:
+                return False
+            return second.open_connections == 1
+
+        await eventually(published_through_the_second, "a publish confirmed through the second URL", timeout=15)

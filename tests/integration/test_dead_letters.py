@@ -11,7 +11,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
-from common.broker import Consumer, Publisher, Topology, declare_topology
+from common.broker import Consumer, Publisher, QueueArguments, Topology, declare_topology
 from common.contracts import MessageReceived, message_event_adapter
 from common.dead_letters import DeadLetter, DeadLetterQueue, list_dead_letters, replay_dead_letters
 from common.settings import ServiceSettings
@@ -83,7 +83,7 @@ async def parked(amqp_url: str, broker_namespace: str) -> AsyncIterator[Parked]:
     topology = Topology(broker_namespace)
     async with await aio_pika.connect_robust(amqp_url) as connection:
         channel = await connection.channel(publisher_confirms=True)
-        exchange = await declare_topology(channel, topology, DELIVERY_LIMIT)
+        exchange = await declare_topology(channel, topology, QueueArguments(DELIVERY_LIMIT, max_length=1000))
         events: AbstractQueue = await channel.get_queue(topology.conversation_events.name)
         store = FlakyStore()
         consumer = Consumer(

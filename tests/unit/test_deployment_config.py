@@ -12,6 +12,7 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
+from common.settings import ServiceSettings
 from conversation_service.settings import ConversationSettings, MigrationSettings
 from email_service.settings import EmailMockBehaviourSettings, EmailMockProviderSettings, EmailSettings
 from gateway.settings import GatewaySettings
@@ -26,6 +27,7 @@ SETTINGS_OF_MODULE: dict[str, tuple[type[BaseSettings], ...]] = {
     "email_service": (EmailSettings,),
     "conversation_service": (ConversationSettings,),
     "conversation_service.migrate": (MigrationSettings,),
+    "common.queue_migration": (ServiceSettings,),
     "sms_service.mock_provider": (SmsMockProviderSettings, SmsMockBehaviourSettings),
     "email_service.mock_provider": (EmailMockProviderSettings, EmailMockBehaviourSettings),
 }
@@ -41,6 +43,8 @@ PORT_SETTING = {
 
 # `${NAME:?message}` (required) or `${NAME:-default}`: the variables compose fills in.
 COMPOSE_VARIABLE = re.compile(r"\$\{(?P<name>[A-Z_][A-Z0-9_]*)(?P<rule>:[?-])?(?P<rest>[^}]*)\}")
+# Run once before the services, to completion; everything else runs for good.
+ONE_OFF_JOBS = {"migrate", "migrate_queues"}
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +101,12 @@ def test_compose_runs_the_processes_start_sh_runs(compose: dict[str, Any]) -> No
 
     assert len(started) == 6
     assert {name: composed[name] for name in started} == started
-    assert set(composed) - set(started) == {"migrate"}
+    assert set(composed) - set(started) == ONE_OFF_JOBS
     assert composed["migrate"] == "conversation_service.migrate"
-    assert "-m conversation_service.migrate" in (ROOT / "bin/setup.sh").read_text()
+    assert composed["migrate_queues"] == "common.queue_migration"
+    setup = (ROOT / "bin/setup.sh").read_text()
+    assert "-m conversation_service.migrate" in setup
+    assert "-m common.queue_migration" in setup
 
 
 def test_every_compose_environment_name_is_a_setting_of_its_process(compose: dict[str, Any]) -> None:
@@ -189,7 +196,8 @@ def test_the_services_use_a_rabbitmq_user_of_their_own(compose: dict[str, Any]) 
 def test_every_service_runs_in_the_production_profile(compose: dict[str, Any]) -> None:
     for name, service in python_services(compose).items():
         assert service["environment"]["MESSAGING_PROFILE"] == "production", name
-        if module_of(service["command"]) != "conversation_service.migrate":
+        # A one-off job serves no HTTP.
+        if name not in ONE_OFF_JOBS:
             assert service["environment"]["BIND_HOST"] == "0.0.0.0", name
 
 
@@ -216,3 +224,72 @@ def test_env_example_lists_only_real_settings_with_their_defaults(compose_text: 
     for name, value in entries.items():
         assert value == str(known[name]), f"{name}={value} in .env.example, but the default is {known[name]}"
     assert {"DATABASE_URL", "AMQP_URL", "GATEWAY_PORT", "SMS_PROVIDER_URL", "EMAIL_PROVIDER_URL"} <= set(entries)
+
+
+def seconds(duration: str) -> float:
+    match = re.fullmatch(r"(\d+)(s|m)", duration)
+    assert match, f"{duration!r} is not a duration in whole seconds or minutes"
+    return int(match[1]) * (60 if match[2] == "m" else 1)
+
+
+def test_every_http_process_is_healthy_only_once_its_readyz_answers(compose: dict[str, Any]) -> None:
+    for name, service in python_services(compose).items():
+        if name in ONE_OFF_JOBS:
+            continue
+        port = service["environment"][PORT_SETTING[module_of(service["command"])].upper()]
+        test = " ".join(service["healthcheck"]["test"])
+        assert f"http://127.0.0.1:{port}/readyz" in test, f"{name}'s healthcheck is not its own /readyz: {test}"
+    for name in ("postgres", "rabbitmq"):
+        assert compose["services"][name]["healthcheck"]["test"], name
+
+
+def test_every_service_restarts_and_one_off_jobs_only_until_they_succeed(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        expected = "on-failure" if name in ONE_OFF_JOBS else "unless-stopped"
+        assert service.get("restart") == expected, f"{name} restarts {service.get('restart')!r}"
+
+
+def test_services_start_after_what_they_need_is_healthy_or_done(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, service in services.items():
+        for needed, how in service.get("depends_on", {}).items():
+            expected = "service_completed_successfully" if needed in ONE_OFF_JOBS else "service_healthy"
+            assert how == {"condition": expected}, f"{name} waits for {needed} with {how}"
+            assert needed in ONE_OFF_JOBS or "healthcheck" in services[needed], f"{needed} has no healthcheck"
+    for name in ("gateway", "sms_service", "email_service", "conversation_service"):
+        assert {"rabbitmq", "migrate_queues"} <= set(services[name]["depends_on"]), name
+
+
+def test_docker_waits_for_a_stopping_service_past_its_shutdown_grace(compose: dict[str, Any]) -> None:
+    grace = ServiceSettings.model_fields["shutdown_grace_seconds"].default
+    for name, service in python_services(compose).items():
+        assert seconds(service["stop_grace_period"]) > grace, f"{name} is killed before its grace is over"
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """Reads compose's `!reset` (an override's way to drop a value of the file it extends)."""
+
+
+_ComposeLoader.add_constructor("!reset", lambda loader, node: None)
+
+
+def test_the_cluster_override_runs_three_nodes_every_service_knows_of(compose: dict[str, Any]) -> None:
+    cluster = yaml.load((ROOT / "docker-compose.cluster.yml").read_text(), Loader=_ComposeLoader)
+    services = cluster["services"]
+    nodes = {name: service for name, service in services.items() if name.startswith("rabbitmq")}
+
+    assert set(nodes) == {"rabbitmq", "rabbitmq-2", "rabbitmq-3"}
+    names = {service["environment"]["RABBITMQ_NODENAME"] for service in nodes.values()}
+    assert names == {f"rabbit@{service['hostname']}" for service in nodes.values()} and len(names) == 3
+    peers = cluster["configs"]["rabbitmq-cluster"]["content"]
+    assert all(f"= {name}" in peers for name in names)
+    hosts = set(nodes)
+    for name, service in python_services(compose).items():
+        if "AMQP_URL" not in service.get("environment", {}):
+            continue
+        urls = services[name]["environment"]["AMQP_URL"].split(",")
+        assert {url.split("@")[1].split(":")[0] for url in urls} == hosts, f"{name} does not know every node"
+    for worker in ("conversation_service", "sms_service", "email_service"):
+        assert services[worker]["deploy"]["replicas"] >= 2
+        assert services[worker]["ports"] is None, f"{worker}'s replicas would fight over its published port"
+    assert all(service["restart"] == "unless-stopped" for service in nodes.values())
