@@ -24,7 +24,8 @@ from pydantic import ValidationError
 
 from common import context as request_context
 from common.contracts import Contract
-from common.health import READINESS_CHECKS
+from common.health import METRICS, READINESS_CHECKS
+from common.metrics import Metrics
 from common.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,11 @@ class BrokerUnavailable(Exception):
 
 
 class Publisher:
-    def __init__(self, exchange: AbstractExchange) -> None:
+    """Counts what it published once the broker confirmed it; without `metrics`, on a registry nobody reads."""
+
+    def __init__(self, exchange: AbstractExchange, metrics: Metrics | None = None) -> None:
         self._exchange = exchange
+        self._metrics = metrics or Metrics()
 
     async def publish(self, contract: Contract) -> None:
         message = aio_pika.Message(
@@ -131,6 +135,7 @@ class Publisher:
             RuntimeError,
         ) as error:
             raise BrokerUnavailable(f"broker did not confirm {contract.routing_key}: {error!r}") from error
+        self._metrics.count_published(contract)
 
 
 @dataclass
@@ -154,13 +159,16 @@ BROKER = web.AppKey("broker", Broker)
 def broker_ctx(settings: ServiceSettings) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         connection = await aio_pika.connect_robust(settings.amqp_url, reconnect_interval=RECONNECT_INTERVAL_SECONDS)
+        connection.reconnect_callbacks.add(lambda *_: app[METRICS].broker_reconnects.inc())
         try:
             publish_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             consume_channel = await connection.channel()
             await consume_channel.set_qos(prefetch_count=settings.consumer_prefetch)
             topology = Topology(settings.broker_namespace)
             exchange = await declare_topology(publish_channel, topology, settings.delivery_limit)
-            app[BROKER] = Broker(connection, publish_channel, consume_channel, topology, Publisher(exchange))
+            app[BROKER] = Broker(
+                connection, publish_channel, consume_channel, topology, Publisher(exchange, app[METRICS])
+            )
             app[READINESS_CHECKS]["broker"] = _as_check(app[BROKER].is_ready)
             yield
         finally:
@@ -197,8 +205,10 @@ class Consumer(Generic[ContractT]):
         *,
         delivery_limit: int,
         redelivery_delay: float = 1.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self._queue = queue
+        self._metrics = metrics or Metrics()
         self._parse = parse
         self._handler = handler
         self._delivery_limit = delivery_limit
@@ -229,12 +239,19 @@ class Consumer(Generic[ContractT]):
         task = asyncio.current_task()
         assert task is not None
         self._in_flight.add(task)
+        in_flight = self._metrics.consumer_in_flight.labels(queue=self._queue.name)
+        in_flight.inc()
+        if message.redelivered or _earlier_deliveries(message):
+            self._metrics.consumer_redeliveries.labels(queue=self._queue.name).inc()
         try:
-            await self._process(message)
+            outcome = await self._process(message)
+            self._metrics.consumer_deliveries.labels(queue=self._queue.name, outcome=outcome).inc()
         finally:
+            in_flight.dec()
             self._in_flight.discard(task)
 
-    async def _process(self, message: AbstractIncomingMessage) -> None:
+    async def _process(self, message: AbstractIncomingMessage) -> str:
+        """What became of the delivery: acked, requeued or dead_lettered."""
         context = {
             "queue": self._queue.name,
             "amqp_message_id": message.message_id,
@@ -249,7 +266,8 @@ class Consumer(Generic[ContractT]):
                 extra={**context, "errors": error.errors(include_url=False, include_context=False)},
             )
             await message.reject(requeue=False)
-            return
+            self._metrics.dead_letters.labels(queue=self._queue.name, reason="contract").inc()
+            return "dead_lettered"
         # Each delivery runs in a task of its own: this is its context alone, for every log line of it.
         request_context.correlation_id.set(getattr(contract, "correlation_id", None))
         try:
@@ -268,12 +286,14 @@ class Consumer(Generic[ContractT]):
                 # here puts the handler's error next to every dead letter in the logs.
                 log.exception("dead-lettering a message whose handler failed on its last delivery", extra=context)
                 await message.reject(requeue=False)
-                return
+                self._metrics.dead_letters.labels(queue=self._queue.name, reason="handler").inc()
+                return "dead_lettered"
             log.exception("handler failed; message goes back to the queue", extra=context)
             await asyncio.sleep(self._redelivery_delay)
             await message.nack(requeue=True)
-            return
+            return "requeued"
         await message.ack()
+        return "acked"
 
 
 def _earlier_deliveries(message: AbstractIncomingMessage) -> int:
@@ -294,7 +314,9 @@ def consumer_ctx(
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         broker = app[BROKER]
         queue = await broker.consume_channel.get_queue(queue_spec(broker.topology).name, ensure=True)
-        consumer = Consumer(queue, parse, make_handler(app), delivery_limit=settings.delivery_limit)
+        consumer = Consumer(
+            queue, parse, make_handler(app), delivery_limit=settings.delivery_limit, metrics=app[METRICS]
+        )
         await consumer.start()
         yield
         await consumer.stop(settings.shutdown_grace_seconds)

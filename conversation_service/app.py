@@ -5,7 +5,7 @@ from aiopg.sa import create_engine
 
 from common.broker import broker_ctx, consumer_ctx
 from common.contracts import message_event_adapter
-from common.health import READINESS_CHECKS, add_health_routes
+from common.health import METRICS, READINESS_CHECKS, add_health_routes
 from common.http import error_middleware
 from conversation_service.api import REPOSITORY, SETTINGS, add_read_routes
 from conversation_service.handlers import EventHandler
@@ -30,7 +30,7 @@ def create_app(settings: ConversationSettings, *, repository: MessageRepository 
                 settings,
                 lambda topology: topology.conversation_events,
                 message_event_adapter.validate_json,
-                lambda app: EventHandler(app[REPOSITORY]),
+                lambda app: EventHandler(app[REPOSITORY], app[METRICS]),
             )
         )
         app.cleanup_ctx.append(key_purge_ctx(settings.idempotency_purge_interval_seconds))
@@ -44,7 +44,9 @@ def create_app(settings: ConversationSettings, *, repository: MessageRepository 
 def database_ctx(settings: ConversationSettings) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         async with create_engine(settings.database_url, maxsize=settings.database_pool_size) as engine:
-            repository = MessageRepository(engine, retry_max_interval=settings.database_retry_max_interval_seconds)
+            repository = MessageRepository(
+                engine, retry_max_interval=settings.database_retry_max_interval_seconds, metrics=app[METRICS]
+            )
             app[REPOSITORY] = repository
             app[KEY_STORE] = IdempotencyKeyStore(
                 engine,

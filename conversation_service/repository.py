@@ -48,6 +48,7 @@ from common.contracts import (
     SendMessage,
 )
 from common.errors import NotFound, ServiceUnavailable
+from common.metrics import Metrics
 from conversation_service.handlers import WriteOutcome
 from conversation_service.models import ConversationView, MessageDetail, MessageView, Page, StatusChange
 from conversation_service.pagination import (
@@ -100,8 +101,16 @@ class MessageRepository:
     most `retry_max_interval` between attempts: its message stays unacked meanwhile, and the rest wait
     on the queue. A read, which a client is waiting on, gives up after `read_retry_seconds`."""
 
-    def __init__(self, engine: Engine, *, retry_max_interval: float, read_retry_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        retry_max_interval: float,
+        read_retry_seconds: float = 1.0,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._engine = engine
+        self._retries = (metrics or Metrics()).database_retries
         self._retry_max_interval = retry_max_interval
         self._read_retry_seconds = read_retry_seconds
 
@@ -240,7 +249,9 @@ class MessageRepository:
         queue, where each delivery counts toward the queue's delivery limit: a long outage would
         dead-letter events that are perfectly good. Any other error propagates at once.
         """
-        return await _retrying(stop_never, self._retry_max_interval)(self._transaction, work)
+        return await _retrying(stop_never, self._retry_max_interval, self._retries.labels(operation="write").inc)(
+            self._transaction, work
+        )
 
     async def _transaction(self, work: Callable[[SAConnection], Awaitable[ResultT]]) -> ResultT:
         async with self._engine.acquire() as connection, connection.begin():
@@ -250,9 +261,11 @@ class MessageRepository:
         """A pooled connection the database dropped (it restarted) is retried at once on a fresh
         one; a database that stays away is a 503 for the client to retry."""
         try:
-            return await _retrying(stop_after_delay(self._read_retry_seconds), self._retry_max_interval)(
-                self._connected, work
-            )
+            return await _retrying(
+                stop_after_delay(self._read_retry_seconds),
+                self._retry_max_interval,
+                self._retries.labels(operation="read").inc,
+            )(self._connected, work)
         except CONNECTION_ERRORS as error:
             raise ServiceUnavailable("the database is unavailable; retry later") from error
 
@@ -261,16 +274,21 @@ class MessageRepository:
             return await work(connection)
 
 
-def _retrying(stop: StopBaseT, max_interval: float) -> AsyncRetrying:
+def _retrying(stop: StopBaseT, max_interval: float, count_retry: Callable[[], None]) -> AsyncRetrying:
     """Full jitter, so that the writes in hand do not all knock at once when the database returns.
 
     Its pauses are asyncio sleeps: cancelling the caller (a consumer stopping) ends it at once.
     """
+
+    def before_sleep(state: RetryCallState) -> None:
+        count_retry()
+        _log_retry(state)
+
     return AsyncRetrying(
         retry=_lost_connection_and_not_cancelled,
         wait=wait_random_exponential(multiplier=0.05, max=max_interval),
         stop=stop,
-        before_sleep=_log_retry,
+        before_sleep=before_sleep,
         reraise=True,
     )
 

@@ -5,6 +5,7 @@ from aiohttp import web
 from common.broker import BROKER, ContractPublisher, broker_ctx
 from common.health import add_health_routes
 from common.http import error_middleware
+from common.settings import Profile
 from gateway.auth import development_account_middleware
 from gateway.handlers import MessageIntake
 from gateway.idempotency import HttpKeyStore, KeyStore
@@ -24,7 +25,9 @@ def create_app(
         middlewares=[error_middleware, development_account_middleware], client_max_size=settings.max_request_bytes
     )
     app[VALIDATION_RULES] = settings.validation_rules
-    add_health_routes(app)
+    # In production the gateway's port is public: its metrics are for Prometheus only.
+    production = settings.messaging_profile is Profile.PRODUCTION
+    add_health_routes(app, metrics_token=settings.internal_service_token if production else None)
     if publisher is None:
         app.cleanup_ctx.append(broker_ctx(settings))
     app.cleanup_ctx.append(conversation_service_ctx(settings.conversation_service_url, settings.internal_service_token))
