@@ -98,7 +98,7 @@ class Supervisor:
             loop.add_signal_handler(signum, self._stop_requested, signum)
         watchers = []
         for program in self._programs:
-            await self._start(program)
+            await self._start(program, "started")
             watchers.append(asyncio.create_task(self._watch(program)))
         if self._when_started:
             watchers.append(asyncio.create_task(self._run_when_started(self._when_started)))
@@ -120,7 +120,7 @@ class Supervisor:
         self._status = 1
         self._stopping.set()
 
-    async def _start(self, program: Program) -> None:
+    async def _start(self, program: Program, how: str) -> None:
         program.process = await asyncio.create_subprocess_exec(
             *program.command,
             stdin=asyncio.subprocess.DEVNULL,
@@ -130,6 +130,7 @@ class Supervisor:
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         program.output = asyncio.create_task(_relay(program.name, program.process))
+        say(f"{program.name} {how} (pid {program.process.pid})")
 
     async def _watch(self, program: Program) -> None:
         """Restart the program whenever it exits, until the stack stops or the program is given up on."""
@@ -159,8 +160,7 @@ class Supervisor:
                 return
             except TimeoutError:
                 pass
-            await self._start(program)
-            say(f"{program.name} restarted (pid {program.process.pid})")
+            await self._start(program, "restarted")
 
     async def _run_when_started(self, command: Sequence[str]) -> None:
         process = await asyncio.create_subprocess_exec(*command, stdin=asyncio.subprocess.DEVNULL)
