@@ -1,0 +1,149 @@
+"""Counters that move exactly as the messages do: post N, read N more on the gateway, the SMS service
+and conversation_service, each scraped at its own /metrics on the real broker and database."""
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from common.broker import BROKER
+from common.mock_provider import MockBehaviour
+from common.settings import ServiceSettings
+from conversation_service.app import create_app as create_conversation_app
+from conversation_service.settings import ConversationSettings
+from gateway.app import create_app as create_gateway_app
+from gateway.settings import GatewaySettings
+from sms_service.app import create_app as create_sms_app
+from sms_service.mock_provider import TwilioMock
+from sms_service.mock_provider import create_app as create_sms_mock
+from sms_service.settings import SmsSettings
+from tests.factories import SMS_REQUEST, eventually
+from tests.prometheus import Samples, scrape, value
+
+pytestmark = pytest.mark.integration
+
+SENDS = 7
+WEBHOOKS = 4
+
+
+@pytest.fixture
+async def stack(
+    aiohttp_server: Any, aiohttp_client: Any, database_url: str, amqp_url: str, broker_namespace: str
+) -> dict[str, TestClient]:
+    broker = ServiceSettings(amqp_url=amqp_url, broker_namespace=broker_namespace).model_dump()
+    conversation = await aiohttp_server(
+        create_conversation_app(ConversationSettings(**broker, database_url=database_url))
+    )
+    gateway = await aiohttp_server(
+        create_gateway_app(GatewaySettings(**broker, conversation_service_url=str(conversation.make_url(""))))
+    )
+    mock = await aiohttp_server(create_sms_mock(MockBehaviour(delivery_delay_seconds=0.05)))
+    sms = await aiohttp_server(
+        create_sms_app(
+            SmsSettings(
+                **broker,
+                provider_backoff_initial_seconds=0.01,
+                sms_provider_url=str(mock.make_url("")),
+                sms_status_callback_url=str(gateway.make_url("/api/webhooks/sms/status")),
+            )
+        )
+    )
+    return {
+        "gateway": await aiohttp_client(gateway),
+        "conversation_service": await aiohttp_client(conversation),
+        "sms_service": await aiohttp_client(sms),
+        "sms_provider": await aiohttp_client(mock),
+    }
+
+
+async def scrape_all(stack: dict[str, TestClient]) -> dict[str, Samples]:
+    names = list(stack)
+    return dict(zip(names, await asyncio.gather(*(scrape(stack[name]) for name in names)), strict=True))
+
+
+def moved(before: dict[str, Samples], after: dict[str, Samples], process: str, name: str, **labels: str) -> float:
+    return value(after[process], name, labels) - value(before[process], name, labels)
+
+
+async def test_n_messages_posted_move_the_counters_of_every_process_by_n(stack: dict[str, TestClient]) -> None:
+    gateway = stack["gateway"]
+    # A first message through the whole pipeline, so that every series exists and every process is warm.
+    first = await gateway.post("/api/messages/sms", json=SMS_REQUEST)
+    assert first.status == 202
+    first_id = (await first.json())["id"]
+
+    async def delivered(message_id: str) -> bool:
+        response = await gateway.get(f"/api/messages/{message_id}")
+        return response.status == 200 and (await response.json())["status"] == "delivered"
+
+    await eventually(lambda: delivered(first_id), "the first message delivered", timeout=30)
+    before = await scrape_all(stack)
+
+    sends = [
+        await gateway.post("/api/messages/sms", json={**SMS_REQUEST, "body": f"send {index}"}) for index in range(SENDS)
+    ]
+    webhooks = [
+        await gateway.post(
+            "/api/webhooks/sms",
+            json={
+                "from": "+18045551234",
+                "to": "+12016661234",
+                "type": "sms",
+                "messaging_provider_id": f"metrics-{index}",
+                "body": f"reply {index}",
+            },
+        )
+        for index in range(WEBHOOKS)
+    ]
+    assert [r.status for r in sends + webhooks] == [202] * (SENDS + WEBHOOKS)
+    send_ids = [(await r.json())["id"] for r in sends]
+    for message_id in send_ids:
+        await eventually(lambda message_id=message_id: delivered(message_id), "every send delivered", timeout=30)
+
+    async def settled() -> dict[str, Samples] | None:
+        after = await scrape_all(stack)
+        stored = moved(before, after, "conversation_service", "messaging_events_stored_total", **RECEIPT_STORED)
+        return after if stored >= SENDS else None
+
+    after = await eventually(settled, "every receipt stored", timeout=30)
+
+    def at(process: str, name: str, **labels: str) -> float:
+        return moved(before, after, process, name, **labels)
+
+    assert at("gateway", "messaging_messages_accepted_total", channel="sms", direction="outbound") == SENDS
+    assert at("gateway", "messaging_messages_accepted_total", channel="sms", direction="inbound") == WEBHOOKS
+    assert at("gateway", "http_requests_total", method="POST", route="/api/messages/sms", status="202") == SENDS
+    assert at("gateway", "http_requests_total", method="POST", route="/api/webhooks/sms", status="202") == WEBHOOKS
+    assert at("gateway", "messaging_messages_delivered_total", channel="sms") == SENDS
+    assert at("sms_service", "messaging_messages_sent_total", channel="sms") == SENDS
+    assert at("sms_service", "messaging_provider_attempts_total", outcome="accepted") == SENDS
+    assert at("sms_service", "messaging_consumer_deliveries_total", queue=queue(stack, "sms"), outcome="acked") == SENDS
+    assert at("sms_service", "messaging_consumer_in_flight", queue=queue(stack, "sms")) == 0
+    provider_posts = [
+        moved(before, after, "sms_provider", name, **dict(labels))
+        for name, labels in after["sms_provider"]
+        if name == "http_requests_total" and ("route", TwilioMock.send_path) in labels
+    ]
+    assert sum(provider_posts) == SENDS
+
+    stored = "messaging_events_stored_total"
+    assert at("conversation_service", stored, event="outbound", channel="sms", outcome="changed") == SENDS
+    assert at("conversation_service", stored, event="inbound", channel="sms", outcome="changed") == WEBHOOKS
+    assert at("conversation_service", stored, event="status", channel="sms", outcome="changed") == SENDS
+    assert at("conversation_service", stored, **RECEIPT_STORED) == SENDS
+    # Every message event the gateway or the SMS service published, acked once by conversation_service.
+    events = queue(stack, "conversation")
+    acked = at("conversation_service", "messaging_consumer_deliveries_total", queue=events, outcome="acked")
+    assert acked == SENDS * 3 + WEBHOOKS
+    assert at("conversation_service", "messaging_dead_letters_total", queue=events, reason="contract") == 0
+    assert value(after["conversation_service"], "messaging_database_retries_total", {"operation": "write"}) == 0
+    assert value(after["gateway"], "messaging_broker_reconnects_total") == 0
+
+
+RECEIPT_STORED = {"event": "receipt", "channel": "sms", "outcome": "changed"}
+
+
+def queue(stack: dict[str, TestClient], which: str) -> str:
+    topology = stack["gateway"].server.app[BROKER].topology
+    return (topology.sms_outbound if which == "sms" else topology.conversation_events).name
