@@ -4,10 +4,14 @@ and conversation_service, each scraped at its own /metrics on the real broker an
 import asyncio
 from typing import Any
 
+import aio_pika
 import pytest
 from aiohttp.test_utils import TestClient
+from prometheus_client import generate_latest
 
-from common.broker import BROKER
+from common.broker import BROKER, Consumer, Publisher, Topology, declare_topology
+from common.contracts import MessageEvent, message_event_adapter
+from common.metrics import Metrics
 from common.mock_provider import MockBehaviour
 from common.settings import ServiceSettings
 from conversation_service.app import create_app as create_conversation_app
@@ -18,8 +22,8 @@ from sms_service.app import create_app as create_sms_app
 from sms_service.mock_provider import TwilioMock
 from sms_service.mock_provider import create_app as create_sms_mock
 from sms_service.settings import SmsSettings
-from tests.factories import SMS_REQUEST, eventually
-from tests.prometheus import Samples, scrape, value
+from tests.factories import SMS_REQUEST, eventually, message_received
+from tests.prometheus import Samples, parse, scrape, value
 
 pytestmark = pytest.mark.integration
 
@@ -147,3 +151,45 @@ RECEIPT_STORED = {"event": "receipt", "channel": "sms", "outcome": "changed"}
 def queue(stack: dict[str, TestClient], which: str) -> str:
     topology = stack["gateway"].server.app[BROKER].topology
     return (topology.sms_outbound if which == "sms" else topology.conversation_events).name
+
+
+async def test_a_consumer_counts_requeues_redeliveries_and_dead_letters_by_why(
+    amqp_url: str, broker_namespace: str
+) -> None:
+    metrics = Metrics()
+    topology = Topology(broker_namespace)
+    events = topology.conversation_events.name
+    dead = {reason: {"queue": events, "reason": reason} for reason in ("handler", "contract")}
+
+    async def failing(event: MessageEvent) -> None:
+        raise RuntimeError("database unavailable")
+
+    async with await aio_pika.connect_robust(amqp_url) as connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await declare_topology(channel, topology, delivery_limit=2)
+        queue = await channel.get_queue(events)
+        parse_event = message_event_adapter.validate_json
+        consumer = Consumer(queue, parse_event, failing, delivery_limit=2, redelivery_delay=0.01, metrics=metrics)
+        await consumer.start()
+        try:
+            await Publisher(exchange).publish(message_received())
+            await exchange.publish(aio_pika.Message(b'{"kind": "message_received"}'), routing_key="inbound.sms")
+
+            async def both_dead() -> Samples | None:
+                samples = parse(generate_latest(metrics.registry).decode())
+                parked = [value(samples, "messaging_dead_letters_total", labels) for labels in dead.values()]
+                return samples if all(parked) else None
+
+            samples = await eventually(both_dead, "both messages dead-lettered")
+        finally:
+            await consumer.stop(grace_seconds=1)
+
+    deliveries = "messaging_consumer_deliveries_total"
+    # Delivered three times in all (the limit of 2 redeliveries, then its last): requeued twice, then parked.
+    assert value(samples, deliveries, {"queue": events, "outcome": "requeued"}) == 2
+    assert value(samples, deliveries, {"queue": events, "outcome": "dead_lettered"}) == 2
+    assert value(samples, deliveries, {"queue": events, "outcome": "acked"}) == 0
+    assert value(samples, "messaging_consumer_redeliveries_total", {"queue": events}) == 2
+    assert value(samples, "messaging_dead_letters_total", dead["handler"]) == 1
+    assert value(samples, "messaging_dead_letters_total", dead["contract"]) == 1
+    assert value(samples, "messaging_consumer_in_flight", {"queue": events}) == 0
