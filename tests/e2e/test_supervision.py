@@ -16,7 +16,7 @@ import pytest
 
 from tests.e2e.stack import PORT_OF_PROCESS, Stack, launch, process_exists, stack_environment, stop
 from tests.factories import eventually
-from tests.faults.load import Answer, Request, email_sends, interleave, sms_sends
+from tests.faults.load import Load, email_sends, interleave, sms_sends
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow]
 
@@ -26,50 +26,6 @@ KILL_ORDER = ("sms_provider", "email_provider", "conversation_service", "sms_ser
 PACE_SECONDS = 0.05
 BACK_WITHIN_SECONDS = 60.0
 FINAL = ("sent", "delivered", "failed")
-
-
-class SteadyClient:
-    """Posts sends one after another at a steady pace until stopped, recording every answer."""
-
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, requests: list[Request]) -> None:
-        self._session = session
-        self._base_url = base_url
-        self._requests = requests
-        self.answers: list[Answer] = []
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> "SteadyClient":
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def stop(self) -> list[Answer]:
-        assert self._task is not None
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        return self.answers
-
-    async def accepted_more(self, than: int, timeout: float = 30.0) -> None:  # noqa: ASYNC109
-        async def more() -> bool:
-            return sum(a.accepted for a in self.answers) > than
-
-        await eventually(more, "another send accepted", timeout=timeout)
-
-    async def _run(self) -> None:
-        for request in self._requests:
-            started = time.monotonic()
-            status: int | None = None
-            message_id: str | None = None
-            try:
-                async with self._session.post(
-                    f"{self._base_url}{request.path}", json=request.payload, timeout=aiohttp.ClientTimeout(total=10)
-                ) as response:
-                    status = response.status
-                    if status == 202:
-                        message_id = (await response.json())["id"]
-            except (aiohttp.ClientError, TimeoutError):
-                pass
-            self.answers.append(Answer(request, status, message_id, started, time.monotonic()))
-            await asyncio.sleep(PACE_SECONDS)
 
 
 async def probe(session: aiohttp.ClientSession, url: str, path: str) -> int | None:
@@ -92,14 +48,21 @@ def stored(database_url: str) -> dict[str, list[str]]:
     return by_id
 
 
-async def kill_each_in_turn(stack: Stack, session: aiohttp.ClientSession, client: SteadyClient) -> float:
+async def accepted_more(load: Load, than: int) -> None:
+    async def more() -> bool:
+        return load.count() > than
+
+    await eventually(more, f"more than {than} sends accepted", timeout=30)
+
+
+async def kill_each_in_turn(stack: Stack, session: aiohttp.ClientSession, load: Load) -> float:
     """Kill -9 every process once, each after the one before is back; when the gateway's kill began."""
-    await client.accepted_more(than=20)
+    await accepted_more(load, than=20)
     gateway_down_from = float("inf")
     for name in KILL_ORDER:
         (*_, pid) = stack.pids_of(name)
         starts = len(stack.pids_of(name))
-        accepted = sum(a.accepted for a in client.answers)
+        accepted = load.count()
         if name == "gateway":
             gateway_down_from = time.monotonic()
         os.kill(pid, signal.SIGKILL)
@@ -119,7 +82,7 @@ async def kill_each_in_turn(stack: Stack, session: aiohttp.ClientSession, client
         await eventually(back, f"{name} restarted and ready", timeout=BACK_WITHIN_SECONDS, interval=0.2)
         assert f"[supervise] {name} was killed by SIGKILL; restarting it in 1s (crash 1 of 5" in stack.text()
         # Clients are served again (and, but for the gateway's own restart, never stopped being).
-        await client.accepted_more(than=accepted + 5)
+        await accepted_more(load, than=accepted + 5)
     return gateway_down_from
 
 
@@ -127,11 +90,13 @@ async def test_each_process_killed_in_turn_is_restarted_while_the_rest_keep_serv
     stack: Stack, database_url: str
 ) -> None:
     async with aiohttp.ClientSession() as session:
-        client = SteadyClient(session, stack.base_url, interleave(sms_sends(20_000), email_sends(20_000))).start()
+        requests = interleave(sms_sends(20_000), email_sends(20_000))
+        load = Load(session, stack.base_url, requests, concurrency=1, pause=PACE_SECONDS).start()
         try:
-            gateway_down_from = await kill_each_in_turn(stack, session, client)
+            gateway_down_from = await kill_each_in_turn(stack, session, load)
         finally:
-            answers = await client.stop()
+            load.stop()
+            answers = await load.finished()
 
     # A send in flight when the gateway was killed is lost with it: only those answered before count.
     refused = [a for a in answers if not a.accepted and a.finished < gateway_down_from]
