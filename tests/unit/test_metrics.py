@@ -19,7 +19,7 @@ def published(*contracts: Contract) -> Samples:
 def messaging_samples(metrics: Metrics) -> Samples:
     samples = parse(generate_latest(metrics.registry).decode())
     # Only what moved: a counter without labels is exported at 0 from the start.
-    return {key: n for key, n in samples.items() if key[0].startswith("messaging_") and n}
+    return {key: n for key, n in samples.items() if key[0].startswith("messaging_") and key[0].endswith("_total") and n}
 
 
 def sample(name: str, **labels: str) -> tuple[str, frozenset[tuple[str, str]]]:
