@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Start the whole stack in the foreground: set-up, migrations, the two mock providers and the four
-# services, each log line prefixed with its process. Ctrl-C or SIGTERM stops all of it; so does any
-# one process dying.
+# services under bin/supervise.py, each log line prefixed with its process. A process that dies is
+# restarted with backoff while the others keep serving; one that keeps crashing (SUPERVISE_CRASH_LIMIT
+# times within SUPERVISE_CRASH_WINDOW_SECONDS) stops the stack with status 1. Ctrl-C or SIGTERM stops
+# all of it: SIGTERM to each process, SIGKILL after SUPERVISE_STOP_GRACE_SECONDS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,22 +23,10 @@ if [ -n "${GATEWAY_PORT:-}" ]; then
     export EMAIL_MOCK_EVENT_WEBHOOK_URL=${EMAIL_MOCK_EVENT_WEBHOOK_URL-http://127.0.0.1:$GATEWAY_PORT/api/webhooks/email/status}
 fi
 
-pids=()
+services=()
 run_service() {
-    local name=$1
-    shift
-    "$@" > >(sed -u "s/^/[$name] /") 2>&1 &
-    pids+=($!)
+    services+=(--service "$@")
 }
-
-stop_all() {
-    trap - INT TERM EXIT
-    echo "[start] stopping ${#pids[@]} processes" >&2
-    kill -TERM "${pids[@]}" 2>/dev/null || true
-    wait "${pids[@]}" 2>/dev/null || true
-}
-trap 'stop_all; exit 0' INT TERM
-trap stop_all EXIT
 
 run_service sms_provider "$PY" -m sms_service.mock_provider
 run_service email_provider "$PY" -m email_service.mock_provider
@@ -45,11 +35,6 @@ run_service sms_service "$PY" -m sms_service
 run_service email_service "$PY" -m email_service
 run_service gateway "$PY" -m gateway
 
-"$PY" bin/wait_ready.py --timeout "${START_TIMEOUT_SECONDS:-60}"
-
-# Whichever process exits first, on its own, takes the rest down with it.
-set +e
-wait -n "${pids[@]}"
-status=$?
-echo "[start] a process exited with status $status; stopping the stack" >&2
-exit "$status"
+# exec: signals reach the supervisor itself, and its exit status is the script's.
+exec "$PY" bin/supervise.py --when-started "$PY" bin/wait_ready.py --timeout "${START_TIMEOUT_SECONDS:-60}" \
+    "${services[@]}"

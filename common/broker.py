@@ -27,7 +27,8 @@ from yarl import URL
 
 from common import context as request_context
 from common.contracts import Contract
-from common.health import READINESS_CHECKS
+from common.health import METRICS, READINESS_CHECKS
+from common.metrics import Metrics
 from common.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -174,8 +175,11 @@ class QueueFull(BrokerUnavailable):
 
 
 class Publisher:
-    def __init__(self, exchange: AbstractExchange) -> None:
+    """Counts what it published once the broker confirmed it; without `metrics`, on a registry nobody reads."""
+
+    def __init__(self, exchange: AbstractExchange, metrics: Metrics | None = None) -> None:
         self._exchange = exchange
+        self._metrics = metrics or Metrics()
 
     async def publish(self, contract: Contract) -> None:
         message = aio_pika.Message(
@@ -210,6 +214,7 @@ class Publisher:
             RuntimeError,
         ) as error:
             raise BrokerUnavailable(f"broker did not confirm {contract.routing_key}: {error!r}") from error
+        self._metrics.count_published(contract)
 
 
 class FailoverConnection(RobustConnection):
@@ -297,6 +302,8 @@ def broker_ctx(settings: ServiceSettings) -> Callable[[web.Application], AsyncIt
         publish_connection = await connect(settings.amqp_urls, name="publish")
         try:
             consume_connection = await connect(settings.amqp_urls, name="consume")
+            for connection in (publish_connection, consume_connection):
+                connection.reconnect_callbacks.add(lambda *_: app[METRICS].broker_reconnects.inc())
             try:
                 publish_channel = await publish_connection.channel(publisher_confirms=True, on_return_raises=True)
                 consume_channel = await consume_connection.channel()
@@ -310,7 +317,7 @@ def broker_ctx(settings: ServiceSettings) -> Callable[[web.Application], AsyncIt
                     publish_channel,
                     consume_channel,
                     topology,
-                    Publisher(exchange),
+                    Publisher(exchange, app[METRICS]),
                 )
                 app[READINESS_CHECKS]["broker"] = _as_check(app[BROKER].is_ready)
                 yield
@@ -357,8 +364,10 @@ class Consumer(Generic[ContractT]):
         redelivery_delay: float = 1.0,
         hold_seconds: float | None = None,
         hand_back_to: AbstractExchange | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._queue = queue
+        self._metrics = metrics or Metrics()
         self._parse = parse
         self._handler = handler
         self._delivery_limit = delivery_limit
@@ -456,12 +465,19 @@ class Consumer(Generic[ContractT]):
         task = asyncio.current_task()
         assert task is not None
         self._in_flight.add(task)
+        in_flight = self._metrics.consumer_in_flight.labels(queue=self._queue.name)
+        in_flight.inc()
+        if message.redelivered or _earlier_deliveries(message):
+            self._metrics.consumer_redeliveries.labels(queue=self._queue.name).inc()
         try:
-            await self._process(message)
+            outcome = await self._process(message)
+            self._metrics.consumer_deliveries.labels(queue=self._queue.name, outcome=outcome).inc()
         finally:
+            in_flight.dec()
             self._in_flight.discard(task)
 
-    async def _process(self, message: AbstractIncomingMessage) -> None:
+    async def _process(self, message: AbstractIncomingMessage) -> str:
+        """What became of the delivery: acked, requeued or dead_lettered."""
         context = {
             "queue": self._queue.name,
             "amqp_message_id": message.message_id,
@@ -476,7 +492,8 @@ class Consumer(Generic[ContractT]):
                 extra={**context, "errors": error.errors(include_url=False, include_context=False)},
             )
             await message.reject(requeue=False)
-            return
+            self._metrics.dead_letters.labels(queue=self._queue.name, reason="contract").inc()
+            return "dead_lettered"
         # Each delivery runs in a task of its own: this is its context alone, for every log line of it.
         request_context.correlation_id.set(getattr(contract, "correlation_id", None))
         task = asyncio.current_task()
@@ -501,12 +518,14 @@ class Consumer(Generic[ContractT]):
                 # here puts the handler's error next to every dead letter in the logs.
                 log.exception("dead-lettering a message whose handler failed on its last delivery", extra=context)
                 await message.reject(requeue=False)
-                return
+                self._metrics.dead_letters.labels(queue=self._queue.name, reason="handler").inc()
+                return "dead_lettered"
             log.exception("handler failed; message goes back to the queue", extra=context)
             await asyncio.sleep(self._redelivery_delay)
             await message.nack(requeue=True)
-            return
+            return "requeued"
         await message.ack()
+        return "acked"
 
 
 def _earlier_deliveries(message: AbstractIncomingMessage) -> int:
@@ -540,6 +559,7 @@ def consumer_ctx(
             delivery_limit=settings.delivery_limit,
             hold_seconds=settings.consumer_hold_seconds,
             hand_back_to=broker.publish_channel.default_exchange,
+            metrics=app[METRICS],
         )
         await consumer.start()
         follower = None if pause_unless is None else asyncio.create_task(_follow(consumer, pause_unless(app)))

@@ -10,8 +10,9 @@ from aiohttp import web
 
 from common.broker import BROKER, ContractPublisher, QueueSpec, Topology, broker_ctx, consumer_ctx
 from common.contracts import MessageStatus, MessageStatusChanged, SendMessage
-from common.health import add_health_routes
+from common.health import METRICS, add_health_routes
 from common.http import error_middleware
+from common.metrics import Metrics
 from common.provider import MessageSender, ProviderClient
 from common.settings import ServiceSettings
 
@@ -61,13 +62,15 @@ PROVIDER: web.AppKey[MessageSender] = web.AppKey("provider")
 
 
 def provider_ctx(
-    make_client: Callable[[], ProviderClient[Any]], override: MessageSender | None = None
+    make_client: Callable[[Metrics], ProviderClient[Any]], override: MessageSender | None = None
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """A cleanup_ctx that puts the provider client on the app; it closes only a client it made itself."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         async with AsyncExitStack() as owned:
-            app[PROVIDER] = override if override is not None else await owned.enter_async_context(make_client())
+            app[PROVIDER] = (
+                override if override is not None else await owned.enter_async_context(make_client(app[METRICS]))
+            )
             yield
 
     return ctx
@@ -78,7 +81,7 @@ def create_channel_app(
     *,
     queue: Callable[[Topology], QueueSpec],
     provider_name: str,
-    make_client: Callable[[], ProviderClient[Any]],
+    make_client: Callable[[Metrics], ProviderClient[Any]],
     provider: MessageSender | None = None,
 ) -> web.Application:
     """A channel service: consume its outbound queue, send each message through the provider, publish

@@ -34,6 +34,7 @@ from tenacity import (
 )
 
 from common.contracts import MessageStatus, SendMessage, utcnow
+from common.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +214,11 @@ class ProviderClient(ABC, Generic[SettingsT]):
     A subclass says how its provider's request looks and where the answer keeps the message id.
     """
 
-    def __init__(self, settings: SettingsT, *, retry: RetryPolicy | None = None) -> None:
+    def __init__(
+        self, settings: SettingsT, *, retry: RetryPolicy | None = None, metrics: Metrics | None = None
+    ) -> None:
         self.settings = settings
+        self._attempts = (metrics or Metrics()).provider_attempts
         self._retry = retry or RetryPolicy.from_settings(settings)
         self._timeout_seconds = settings.provider_timeout_seconds
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout_seconds))
@@ -261,6 +265,15 @@ class ProviderClient(ABC, Generic[SettingsT]):
 
     async def _post(self, request: ProviderRequest, headers: Mapping[str, str]) -> str:
         try:
+            provider_message_id = await self._attempt(request, headers)
+        except ProviderError as error:
+            self._attempts.labels(outcome=_attempt_outcome(error)).inc()
+            raise
+        self._attempts.labels(outcome="accepted").inc()
+        return provider_message_id
+
+    async def _attempt(self, request: ProviderRequest, headers: Mapping[str, str]) -> str:
+        try:
             async with self._session.post(
                 request.url, headers=headers, data=request.form, json=request.json
             ) as response:
@@ -281,6 +294,17 @@ class ProviderClient(ABC, Generic[SettingsT]):
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             raise TransientProviderError(reason, status, retry_after)
         raise PermanentProviderError(reason, status)
+
+
+def _attempt_outcome(error: ProviderError) -> str:
+    """The label an attempt that failed is counted under."""
+    if error.status is None:
+        return "timeout" if isinstance(error.__cause__, TimeoutError) else "unreachable"
+    if error.status == 429:
+        return "rate_limited"
+    if error.status >= 500:
+        return "server_error"
+    return "bad_answer" if error.status < 300 else "refused"
 
 
 def _log_retry(command: SendMessage, state: RetryCallState) -> None:

@@ -5,7 +5,7 @@ from aiopg.sa import create_engine
 
 from common.broker import broker_ctx, consumer_ctx
 from common.contracts import message_event_adapter
-from common.health import READINESS_CHECKS, add_health_routes
+from common.health import METRICS, READINESS_CHECKS, add_health_routes
 from common.http import error_middleware
 from common.settings import Profile
 from conversation_service.account_routes import ACCOUNT_STORE, add_account_routes
@@ -36,7 +36,7 @@ def create_app(settings: ConversationSettings, *, repository: MessageRepository 
                 settings,
                 lambda topology: topology.conversation_events,
                 message_event_adapter.validate_json,
-                lambda app: EventHandler(app[REPOSITORY]),
+                lambda app: EventHandler(app[REPOSITORY], app[METRICS]),
                 # Deliveries held through a long outage would outlive the broker's consumer_timeout.
                 pause_unless=lambda app: app[REPOSITORY].is_available,
             )
@@ -70,6 +70,7 @@ def database_ctx(settings: ConversationSettings) -> Callable[[web.Application], 
                 engine,
                 retry_max_interval=settings.database_retry_max_interval_seconds,
                 receipt_clock_skew_seconds=settings.receipt_clock_skew_seconds,
+                metrics=app[METRICS],
             )
             app[REPOSITORY] = repository
             app[KEY_STORE] = IdempotencyKeyStore(

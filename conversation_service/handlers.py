@@ -5,6 +5,7 @@ from enum import StrEnum
 from typing import Protocol, assert_never
 
 from common.contracts import DeliveryReported, MessageEvent, MessageReceived, MessageStatusChanged, SendMessage
+from common.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,9 @@ _LOG_MESSAGES = {
 
 
 class EventHandler:
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: EventStore, metrics: Metrics | None = None) -> None:
         self._store = store
+        self._metrics = metrics or Metrics()
 
     async def __call__(self, event: MessageEvent) -> None:
         match event:
@@ -65,3 +67,4 @@ class EventHandler:
                 "outcome": outcome.value,
             },
         )
+        self._metrics.count_stored(event, outcome.value)

@@ -55,6 +55,7 @@ from common.contracts import (
     SendMessage,
 )
 from common.errors import NotFound, ServiceUnavailable
+from common.metrics import Metrics
 from conversation_service.handlers import WriteOutcome
 from conversation_service.models import ConversationView, MessageDetail, MessageView, Page, StatusChange
 from conversation_service.pagination import (
@@ -114,8 +115,10 @@ class MessageRepository:
         retry_max_interval: float,
         read_retry_seconds: float = 1.0,
         receipt_clock_skew_seconds: float = 60.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self._engine = engine
+        self._retries = (metrics or Metrics()).database_retries
         self._retry_max_interval = retry_max_interval
         self._read_retry_seconds = read_retry_seconds
         self._receipt_clock_skew_seconds = receipt_clock_skew_seconds
@@ -276,7 +279,9 @@ class MessageRepository:
         queue, where each delivery counts toward the queue's delivery limit: a long outage would
         dead-letter events that are perfectly good. Any other error propagates at once.
         """
-        return await _retrying(stop_never, self._retry_max_interval)(self._transaction, work)
+        return await _retrying(stop_never, self._retry_max_interval, self._retries.labels(operation="write").inc)(
+            self._transaction, work
+        )
 
     async def _transaction(self, work: Callable[[SAConnection], Awaitable[ResultT]]) -> ResultT:
         async with self._engine.acquire() as connection, connection.begin():
@@ -286,9 +291,11 @@ class MessageRepository:
         """A pooled connection the database dropped (it restarted) is retried at once on a fresh
         one; a database that stays away is a 503 for the client to retry."""
         try:
-            return await _retrying(stop_after_delay(self._read_retry_seconds), self._retry_max_interval)(
-                self._connected, work
-            )
+            return await _retrying(
+                stop_after_delay(self._read_retry_seconds),
+                self._retry_max_interval,
+                self._retries.labels(operation="read").inc,
+            )(self._connected, work)
         except CONNECTION_ERRORS as error:
             raise ServiceUnavailable("the database is unavailable; retry later") from error
 
@@ -297,16 +304,21 @@ class MessageRepository:
             return await work(connection)
 
 
-def _retrying(stop: StopBaseT, max_interval: float) -> AsyncRetrying:
+def _retrying(stop: StopBaseT, max_interval: float, count_retry: Callable[[], None]) -> AsyncRetrying:
     """Full jitter, so that the writes in hand do not all knock at once when the database returns.
 
     Its pauses are asyncio sleeps: cancelling the caller (a consumer stopping) ends it at once.
     """
+
+    def before_sleep(state: RetryCallState) -> None:
+        count_retry()
+        _log_retry(state)
+
     return AsyncRetrying(
         retry=_lost_connection_and_not_cancelled,
         wait=wait_random_exponential(multiplier=0.05, max=max_interval),
         stop=stop,
-        before_sleep=_log_retry,
+        before_sleep=before_sleep,
         reraise=True,
     )
 

@@ -13,6 +13,6 @@ def create_app(settings: EmailSettings, *, provider: MessageSender | None = None
         settings,
         queue=lambda topology: topology.email_outbound,
         provider_name=EMAIL_PROVIDER,
-        make_client=lambda: EmailProviderClient(settings),
+        make_client=lambda metrics: EmailProviderClient(settings, metrics=metrics),
         provider=provider,
     )

@@ -5,6 +5,7 @@ from aiohttp import web
 from common.broker import BROKER, ContractPublisher, broker_ctx
 from common.health import add_health_routes
 from common.http import error_middleware
+from common.settings import Profile
 from gateway.auth import PERIMETER, ROUTE_ACCESS, Authenticator, Perimeter, echo_correlation_id, perimeter_middleware
 from gateway.conversation_client import CONVERSATION_SERVICE, ClientTimeouts, conversation_service_ctx
 from gateway.handlers import KeyStore, MessageIntake
@@ -29,7 +30,9 @@ def create_app(
     app[VALIDATION_RULES] = settings.validation_rules
     app[ROUTE_ACCESS] = {}
     app.on_response_prepare.append(echo_correlation_id)
-    add_health_routes(app)
+    # In production the gateway's port is public: its metrics are for Prometheus only.
+    production = settings.messaging_profile is Profile.PRODUCTION
+    add_health_routes(app, metrics_token=settings.internal_service_token if production else None)
     if publisher is None:
         app.cleanup_ctx.append(broker_ctx(settings))
     app.cleanup_ctx.append(

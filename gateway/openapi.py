@@ -390,6 +390,13 @@ def openapi_document(settings: GatewaySettings, route_access: dict[str, Access])
                 "503": {"description": "Not ready: the failing checks are false", "content": _json(readiness_schema)},
             },
         ),
+        "/metrics": _health(
+            "Prometheus metrics; in the production profile only with the internal service token",
+            {
+                "200": {"description": "Prometheus text exposition", "content": {"text/plain": {"schema": {}}}},
+                "401": _error("Production profile, and no or a wrong bearer token"),
+            },
+        ),
         OPENAPI_PATH: {
             "get": {
                 "summary": "This description",

@@ -13,6 +13,6 @@ def create_app(settings: SmsSettings, *, provider: MessageSender | None = None) 
         settings,
         queue=lambda topology: topology.sms_outbound,
         provider_name=SMS_PROVIDER,
-        make_client=lambda: SmsProviderClient(settings),
+        make_client=lambda metrics: SmsProviderClient(settings, metrics=metrics),
         provider=provider,
     )

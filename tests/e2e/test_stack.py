@@ -1,102 +1,15 @@
-"""End to end: the whole stack started by bin/start.sh, toured by bin/test.sh, read back like a client.
-
-The stack runs on ports of its own, against the test database and a broker namespace of its own, so
-a developer's running stack and data are left alone.
-"""
+"""End to end: the whole stack started by bin/start.sh, toured by bin/test.sh, read back like a client."""
 
 import asyncio
-import os
 import signal
-import socket
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.factories import free_ports
+from tests.e2e.stack import PORT_OF_PROCESS, ROOT, Stack, port_is_open, process_exists
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-
-ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT = 90.0
-PORT_NAMES = (
-    "GATEWAY_PORT",
-    "SMS_SERVICE_PORT",
-    "EMAIL_SERVICE_PORT",
-    "CONVERSATION_SERVICE_PORT",
-    "SMS_PROVIDER_PORT",
-    "EMAIL_PROVIDER_PORT",
-)
-
-
-def port_is_open(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-class Stack:
-    def __init__(self, process: asyncio.subprocess.Process, env: dict[str, str], log: Path) -> None:
-        self.process = process
-        self.env = env
-        self.log = log
-        self.ports = {name: int(env[name]) for name in PORT_NAMES}
-        self.base_url = f"http://127.0.0.1:{self.ports['GATEWAY_PORT']}"
-
-
-@pytest.fixture
-async def stack(
-    database_url: str, database_owner_url: str, amqp_url: str, broker_namespace: str, tmp_path: Path
-) -> AsyncIterator[Stack]:
-    ports = free_ports(len(PORT_NAMES))
-    env = {
-        **os.environ,
-        **dict(zip(PORT_NAMES, map(str, ports), strict=True)),
-        "SMS_PROVIDER_URL": f"http://127.0.0.1:{ports[PORT_NAMES.index('SMS_PROVIDER_PORT')]}",
-        "EMAIL_PROVIDER_URL": f"http://127.0.0.1:{ports[PORT_NAMES.index('EMAIL_PROVIDER_PORT')]}",
-        "CONVERSATION_SERVICE_URL": f"http://127.0.0.1:{ports[PORT_NAMES.index('CONVERSATION_SERVICE_PORT')]}",
-        "DATABASE_URL": database_url,
-        # bin/start.sh migrates first, as the owner: of the test database, never the developer's.
-        "DATABASE_OWNER_URL": database_owner_url,
-        "AMQP_URL": amqp_url,
-        "BROKER_NAMESPACE": broker_namespace,
-        "START_TIMEOUT_SECONDS": str(START_TIMEOUT),
-    }
-    log = tmp_path / "stack.log"
-    with log.open("wb") as output:
-        process = await asyncio.create_subprocess_exec(
-            str(ROOT / "bin" / "start.sh"),
-            env=env,
-            stdout=output,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
-    stack = Stack(process, env, log)
-    try:
-        await wait_until_ready(stack)
-        yield stack
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 30)
-            except TimeoutError:
-                os.killpg(process.pid, signal.SIGKILL)
-                await process.wait()
-
-
-async def wait_until_ready(stack: Stack) -> None:
-    deadline = asyncio.get_running_loop().time() + START_TIMEOUT + 30
-    async with aiohttp.ClientSession() as session:
-        while asyncio.get_running_loop().time() < deadline:
-            assert stack.process.returncode is None, f"bin/start.sh exited early:\n{stack.log.read_text()[-5000:]}"
-            if "the stack is ready" in stack.log.read_text():
-                async with session.get(f"{stack.base_url}/readyz") as response:
-                    assert response.status == 200
-                return
-            await asyncio.sleep(0.2)
-    pytest.fail(f"stack not ready in time:\n{stack.log.read_text()[-5000:]}")
 
 
 async def get_json(session: aiohttp.ClientSession, url: str) -> Any:
@@ -188,7 +101,14 @@ async def test_the_tour_builds_two_conversations_a_client_can_read(stack: Stack)
 
 
 async def test_sigterm_stops_every_process(stack: Stack) -> None:
-    stack.process.send_signal(signal.SIGTERM)
-    await asyncio.wait_for(stack.process.wait(), 30)
+    pids = [pid for process in PORT_OF_PROCESS for pid in stack.pids_of(process)]
+    assert len(pids) == 6
 
+    stack.process.send_signal(signal.SIGTERM)
+
+    assert await asyncio.wait_for(stack.process.wait(), 30) == 0
     assert [name for name, port in stack.ports.items() if port_is_open(port)] == []
+    assert [pid for pid in pids if process_exists(pid)] == []
+    assert "[supervise] SIGTERM: stopping 6 processes" in stack.text()
+    assert "[supervise] every process stopped" in stack.text()
+    assert "killing it" not in stack.text(), "a process outstayed its grace"

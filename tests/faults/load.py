@@ -94,10 +94,19 @@ def interleave(*streams: Sequence[Request]) -> list[Request]:
 
 class Load:
     """Posts `requests` with `concurrency` workers; `answers` grows as they come back, so a test can
-    act in the middle of the stream; `stop()` makes the workers finish after their current request."""
+    act in the middle of the stream; `stop()` makes the workers finish after their current request.
+    With a `pause`, each worker waits that long after every request: a steady trickle, not a flood."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, requests: Sequence[Request], concurrency: int):
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        requests: Sequence[Request],
+        concurrency: int,
+        pause: float = 0.0,
+    ):
         self._session = session
+        self._pause = pause
         self._base_url = base_url
         self._pending = list(reversed(requests))
         self._concurrency = concurrency
@@ -143,6 +152,7 @@ class Load:
             if status != 202:
                 # A client told to come back later does not hammer: the pace of a real retrying one.
                 await asyncio.sleep(RETRY_PAUSE_SECONDS)
+            await asyncio.sleep(self._pause)
 
 
 async def post_all(
