@@ -41,6 +41,8 @@ BODIES: dict[str, Any] = {
 KEYLESS = {
     ("GET", "/healthz"): "health",
     ("GET", "/readyz"): "health",
+    # Prometheus's, with the internal service token in production (tests/integration/test_metrics.py).
+    ("GET", "/metrics"): "metrics",
     ("GET", "/api/openapi.json"): "documentation",
     ("GET", "/api/docs"): "documentation",
     ("POST", "/api/webhooks/sms"): "provider",

@@ -9,25 +9,24 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from tests.factories import SMS_REQUEST
-from tests.fakes import MemoryKeyStore, RecordingPublisher
+from tests.factories import SMS_REQUEST, production_settings
+from tests.fakes import FakeConversationService, MemoryKeyStore, RecordingPublisher
 from tests.prometheus import scrape, value
 
-UNREACHABLE_URL = "http://127.0.0.1:1"
 TOKEN = "a-production-internal-token-of-32-chars"
-PRODUCTION = {
-    "messaging_profile": "production",
-    "amqp_url": "amqp://messaging:a-real-broker-password@rabbitmq:5672/",
-    "internal_service_token": TOKEN,
-}
 
 
-async def gateway(aiohttp_client: Any, **settings: Any) -> TestClient:
-    app = create_app(
-        GatewaySettings(conversation_service_url=UNREACHABLE_URL, **settings),
-        publisher=RecordingPublisher(),
-        key_store=MemoryKeyStore(),
+async def gateway(aiohttp_client: Any, aiohttp_server: Any, *, production: bool = False) -> TestClient:
+    """The gateway before a fake conversation_service, which gives every address to the development
+    account and answers every read."""
+    directory = await aiohttp_server(FakeConversationService(TOKEN).app())
+    url = str(directory.make_url(""))
+    settings = (
+        production_settings(GatewaySettings, internal_service_token=TOKEN, conversation_service_url=url)
+        if production
+        else GatewaySettings(internal_service_token=TOKEN, conversation_service_url=url)
     )
+    app = create_app(settings, publisher=RecordingPublisher(), key_store=MemoryKeyStore())
     return await aiohttp_client(app)
 
 
@@ -35,8 +34,8 @@ def requests(samples: dict[Any, float], method: str, route: str, status: int) ->
     return value(samples, "http_requests_total", {"method": method, "route": route, "status": str(status)})
 
 
-async def test_requests_are_counted_by_route_pattern_and_status(aiohttp_client: Any) -> None:
-    client = await gateway(aiohttp_client)
+async def test_requests_are_counted_by_route_pattern_and_status(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    client = await gateway(aiohttp_client, aiohttp_server)
 
     for _ in range(3):
         assert (await client.post("/api/messages/sms", json=SMS_REQUEST)).status == 202
@@ -59,8 +58,8 @@ async def test_requests_are_counted_by_route_pattern_and_status(aiohttp_client: 
     assert value(samples, "process_start_time_seconds") > 0
 
 
-async def test_each_app_counts_on_a_registry_of_its_own(aiohttp_client: Any) -> None:
-    busy, idle = await gateway(aiohttp_client), await gateway(aiohttp_client)
+async def test_each_app_counts_on_a_registry_of_its_own(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    busy, idle = await gateway(aiohttp_client, aiohttp_server), await gateway(aiohttp_client, aiohttp_server)
 
     assert (await busy.post("/api/messages/sms", json=SMS_REQUEST)).status == 202
 
@@ -68,8 +67,8 @@ async def test_each_app_counts_on_a_registry_of_its_own(aiohttp_client: Any) -> 
     assert requests(await scrape(idle), "POST", "/api/messages/sms", 202) == 0
 
 
-async def test_the_development_gateway_serves_metrics_to_anyone(aiohttp_client: Any) -> None:
-    client = await gateway(aiohttp_client)
+async def test_the_development_gateway_serves_metrics_to_anyone(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    client = await gateway(aiohttp_client, aiohttp_server)
 
     response = await client.get("/metrics")
 
@@ -83,9 +82,9 @@ async def test_the_development_gateway_serves_metrics_to_anyone(aiohttp_client: 
     [None, "Bearer wrong-token-of-the-same-kind-here", f"Basic {TOKEN}", TOKEN, f"Bearer {TOKEN}x", "Bearer "],
 )
 async def test_the_production_gateway_refuses_metrics_without_the_internal_token(
-    aiohttp_client: Any, authorization: str | None
+    aiohttp_client: Any, aiohttp_server: Any, authorization: str | None
 ) -> None:
-    client = await gateway(aiohttp_client, **PRODUCTION)
+    client = await gateway(aiohttp_client, aiohttp_server, production=True)
 
     response = await client.get("/metrics", headers={"Authorization": authorization} if authorization else None)
 
@@ -97,8 +96,10 @@ async def test_the_production_gateway_refuses_metrics_without_the_internal_token
     assert "http_requests" not in await response.text()
 
 
-async def test_the_production_gateway_serves_metrics_with_the_internal_token(aiohttp_client: Any) -> None:
-    client = await gateway(aiohttp_client, **PRODUCTION)
+async def test_the_production_gateway_serves_metrics_with_the_internal_token(
+    aiohttp_client: Any, aiohttp_server: Any
+) -> None:
+    client = await gateway(aiohttp_client, aiohttp_server, production=True)
     assert (await client.get("/metrics")).status == 401
 
     samples = await scrape(client, {"Authorization": f"Bearer {TOKEN}"})

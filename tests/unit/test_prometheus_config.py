@@ -29,10 +29,14 @@ def targets(job: dict[str, Any]) -> list[str]:
 def test_every_long_running_process_is_scraped_on_its_port(
     compose: dict[str, Any], scrape_configs: dict[str, dict[str, Any]]
 ) -> None:
+    # Only the gateway publishes a port; each serving process's own is its *_PORT setting (a one-off
+    # job, a migration, has none).
     processes = {
-        name: service["ports"][0].split(":")[-1]
+        name: port
         for name, service in compose["services"].items()
-        if "command" in service and service.get("restart") != "no"
+        if "command" in service
+        for key, port in service["environment"].items()
+        if key.endswith("_PORT")
     }
 
     assert len(processes) == 6
