@@ -24,6 +24,7 @@ from sms_service.mock_provider import create_app as create_sms_mock
 from sms_service.settings import SmsSettings
 from tests.factories import SMS_REQUEST, eventually, message_received
 from tests.prometheus import Samples, parse, scrape, value
+from tests.proxy import ProxyFactory
 
 pytestmark = pytest.mark.integration
 
@@ -193,3 +194,49 @@ async def test_a_consumer_counts_requeues_redeliveries_and_dead_letters_by_why(
     assert value(samples, "messaging_dead_letters_total", dead["handler"]) == 1
     assert value(samples, "messaging_dead_letters_total", dead["contract"]) == 1
     assert value(samples, "messaging_consumer_in_flight", {"queue": events}) == 0
+
+
+async def test_a_lost_broker_connection_and_a_lost_database_are_counted_once_they_retry(
+    proxy_to: ProxyFactory, aiohttp_client: Any, database_url: str, amqp_url: str, broker_namespace: str
+) -> None:
+    # `proxy_to` first, so that the proxies outlive the app's connections through them.
+    broker_proxy, proxied_amqp = await proxy_to(amqp_url)
+    database_proxy, proxied_database = await proxy_to(database_url)
+    settings = ConversationSettings(
+        amqp_url=proxied_amqp,
+        broker_namespace=broker_namespace,
+        database_url=proxied_database,
+        database_retry_max_interval_seconds=0.1,
+    )
+    conversation = await aiohttp_client(create_conversation_app(settings))
+
+    async def ready() -> bool:
+        return (await conversation.get("/readyz")).status == 200
+
+    broker_proxy.pause()
+    broker_proxy.resume()
+
+    async def reconnected() -> bool:
+        return value(await scrape(conversation), "messaging_broker_reconnects_total") == 1 and await ready()
+
+    await eventually(reconnected, "the broker connection made again, and counted")
+
+    database_proxy.pause()
+    event = message_received()
+    async with await aio_pika.connect_robust(amqp_url) as connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(Topology(broker_namespace).exchange)
+        await Publisher(exchange).publish(event)
+
+    async def retrying() -> bool:
+        return value(await scrape(conversation), "messaging_database_retries_total", {"operation": "write"}) >= 2
+
+    await eventually(retrying, "the write retried while the database is away")
+    database_proxy.resume()
+    stored_inbound = {"event": "inbound", "channel": "sms", "outcome": "changed"}
+
+    async def stored() -> bool:
+        return value(await scrape(conversation), "messaging_events_stored_total", stored_inbound) == 1
+
+    await eventually(stored, "the event stored once the database is back")
+    assert value(await scrape(conversation), "messaging_broker_reconnects_total") == 1
