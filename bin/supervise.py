@@ -70,7 +70,10 @@ class Program:
 
 
 def say(message: str) -> None:
-    print(f"[supervise] {message}", file=sys.stderr, flush=True)
+    try:
+        print(f"[supervise] {message}", file=sys.stderr, flush=True)
+    except BrokenPipeError:
+        pass  # nobody reads the log any more; supervising goes on
 
 
 def describe(status: int) -> str:
@@ -206,8 +209,13 @@ async def _relay(name: str, process: asyncio.subprocess.Process) -> None:
             line = await process.stdout.read(LINE_LIMIT_BYTES) + b"\n"
         if not line:
             return
-        out.write(prefix + (line if line.endswith(b"\n") else line + b"\n"))
-        out.flush()
+        try:
+            out.write(prefix + (line if line.endswith(b"\n") else line + b"\n"))
+            out.flush()
+        except BrokenPipeError:
+            # Whoever read the log is gone (`make run | head`); reading on keeps the process from
+            # blocking on a full pipe.
+            continue
 
 
 def parse_arguments(arguments: Sequence[str]) -> tuple[list[Program], list[str] | None]:
