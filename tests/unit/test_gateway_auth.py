@@ -2,7 +2,6 @@
 rate limit, and what the logs keep. What a client notices, and what reaches the bus."""
 
 import json
-import logging
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -12,14 +11,12 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from common.accounts import DEVELOPMENT_ACCOUNT_ID, Scope
-from common.context import ContextFilter
 from common.contracts import MessageReceived, SendMessage
-from common.logs import JsonFormatter
 from common.settings import Profile
 from gateway.app import create_app
 from gateway.auth import ROUTE_ACCESS
 from gateway.settings import GatewaySettings
-from tests.factories import EMAIL_REQUEST, SMS_REQUEST, production_settings
+from tests.factories import EMAIL_REQUEST, SMS_REQUEST, log_lines, production_settings
 from tests.fakes import FakeConversationService, MemoryKeyStore, RecordingPublisher
 from tests.unit.test_gateway_api import EMAIL_WEBHOOK, SMS_WEBHOOK
 
@@ -415,23 +412,8 @@ async def test_the_correlation_id_is_echoed_on_every_answer(production: Stack) -
 
 @pytest.fixture
 def all_log_lines() -> Iterator[list[str]]:
-    """Every log line of every logger, formatted as the services write them, context included."""
-    lines: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(self.format(record))
-
-    handler = Keep(logging.DEBUG)
-    handler.setFormatter(JsonFormatter("gateway"))
-    handler.addFilter(ContextFilter())
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    yield lines
-    root.removeHandler(handler)
-    root.setLevel(level)
+    with log_lines() as lines:
+        yield lines
 
 
 async def test_keys_never_appear_in_clear_in_the_logs(
