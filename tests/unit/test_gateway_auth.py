@@ -1,6 +1,7 @@
 """The gateway's perimeter against a fake conversation_service: keys, scopes, owners, profiles, the
 rate limit, and what the logs keep. What a client notices, and what reaches the bus."""
 
+import asyncio
 import json
 import uuid
 from collections.abc import Iterator
@@ -454,3 +455,40 @@ async def test_the_gateway_answers_only_with_the_service_token_its_upstream_expe
 
     # The key cannot be checked: unavailable, not the client's fault.
     assert response.status == 503
+
+
+async def raw_post(client: TestClient, head_lines: bytes) -> tuple[int, dict[str, Any]]:
+    """POST a send over a raw socket, with header lines HTTP clients refuse to send."""
+    body = json.dumps(SMS_REQUEST).encode()
+    head = (
+        f"POST /api/messages/sms HTTP/1.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(head + head_lines + b"\r\n" + body)
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [b"Bearer msk_0123abcd_\xff\xfe\xc3\xa9", b"Bearer \xc3\xa9\xc3\xa9", b"\xff\xff", b"Bearer msk_0123abcd_"],
+)
+async def test_an_authorization_header_of_any_bytes_is_a_401_never_a_5xx(
+    production: Stack, authorization: bytes
+) -> None:
+    host = f"Host: {production.client.host}\r\n".encode()
+    status, body = await raw_post(production.client, host + b"Authorization: " + authorization + b"\r\n")
+
+    assert (status, body["error"]) == (401, "unauthorized")
+    assert production.publisher.published == []
+
+
+async def test_a_host_of_any_bytes_is_refused_in_development_never_a_5xx(development: Stack) -> None:
+    status, body = await raw_post(development.client, b"Host: 127.0.0.1\xff\xfe.evil\r\n")
+
+    assert 400 <= status < 500, body
+    assert development.publisher.published == []
