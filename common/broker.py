@@ -376,8 +376,8 @@ class Consumer(Generic[ContractT]):
         self._hand_back_to = hand_back_to
         self._consumer_tag: str | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
-        # The deliveries whose handler is running: the ones a pause can hand back.
-        self._handling: dict[asyncio.Task[Any], AbstractIncomingMessage] = {}
+        # The deliveries whose handler is running, and since when: the ones a pause can hand back.
+        self._handling: dict[asyncio.Task[Any], tuple[AbstractIncomingMessage, float]] = {}
         self._hand_back_timer: asyncio.Task[None] | None = None
 
     @property
@@ -393,7 +393,9 @@ class Consumer(Generic[ContractT]):
         await self._cancel_consuming()
         log.warning("consumer paused; the deliveries in hand go on for now", extra={"queue": self._queue.name})
         if self._hold_seconds is not None and self._hand_back_to is not None:
-            self._hand_back_timer = asyncio.create_task(self._hand_back_after(self._hold_seconds, self._hand_back_to))
+            self._hand_back_timer = asyncio.create_task(
+                self._hand_back_when_due(self._hold_seconds, self._hand_back_to)
+            )
 
     async def resume(self) -> None:
         if not self.paused:
@@ -428,21 +430,33 @@ class Consumer(Generic[ContractT]):
         except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, RuntimeError):
             log.warning("consumer cancel failed", extra={"queue": self._queue.name})
 
-    async def _hand_back_after(self, seconds: float, exchange: AbstractExchange) -> None:
-        await asyncio.sleep(seconds)
-        # From here on nothing cancels it: a delivery whose handler it cancelled must be handed back.
-        self._hand_back_timer = None
-        held = dict(self._handling)
-        for task in held:
+    async def _hand_back_when_due(self, hold_seconds: float, exchange: AbstractExchange) -> None:
+        """While paused, hand back each delivery once it was held `hold_seconds` since it arrived: the
+        broker's consumer_timeout counts from then too, and a pause may come long after."""
+        loop = asyncio.get_running_loop()
+        while self._handling:
+            now = loop.time()
+            due = {task: message for task, (message, since) in self._handling.items() if now - since >= hold_seconds}
+            if not due:
+                await asyncio.sleep(min(since for _, since in self._handling.values()) + hold_seconds - now)
+                continue
+            # A resume or a stop cancels the wait, not a hand-back under way: each delivery whose
+            # handler it cancelled must be handed back.
+            await asyncio.shield(self._hand_back_all(due, exchange))
+
+    async def _hand_back_all(
+        self, due: dict[asyncio.Task[Any], AbstractIncomingMessage], exchange: AbstractExchange
+    ) -> None:
+        for task in due:
             task.cancel()
-        await asyncio.gather(*held, return_exceptions=True)
-        returned = [message for task, message in held.items() if task.cancelled()]
+        await asyncio.gather(*due, return_exceptions=True)
+        returned = [message for task, message in due.items() if task.cancelled()]
         for message in returned:
             await self._hand_back(message, exchange)
         if returned:
             log.warning(
                 "handed back the deliveries held through a pause",
-                extra={"queue": self._queue.name, "count": len(returned), "hold_seconds": seconds},
+                extra={"queue": self._queue.name, "count": len(returned)},
             )
 
     async def _hand_back(self, message: AbstractIncomingMessage, exchange: AbstractExchange) -> None:
@@ -499,7 +513,7 @@ class Consumer(Generic[ContractT]):
         task = asyncio.current_task()
         assert task is not None
         try:
-            self._handling[task] = message
+            self._handling[task] = (message, asyncio.get_running_loop().time())
             try:
                 await self._handler(contract)
             finally:

@@ -140,9 +140,9 @@ class ServiceSettings(ProcessSettings):
         600.0,
         gt=0,
         description="While a consumer is paused (conversation_service while the database is away), how long "
-        "it keeps working on the deliveries in hand before it hands them back to the queue as fresh copies, "
+        "after a delivery arrived it keeps working on it before handing it back to the queue as a fresh copy, "
         "uncounted. Keep it below the broker's consumer_timeout (30 minutes by default), past which the "
-        "broker takes them back itself and counts a delivery for each",
+        "broker takes it back itself and counts a delivery",
     )
 
     @property

@@ -2,11 +2,13 @@
 a catcher of the delivery receipts mock providers post, and free ports for services run as processes."""
 
 import asyncio
+import contextlib
 import dataclasses
+import logging
 import random
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -15,6 +17,7 @@ from pydantic_settings import BaseSettings
 from yarl import URL
 
 from common.accounts import ACCOUNT_HEADER, DEVELOPMENT_ACCOUNT_ID
+from common.context import ContextFilter
 from common.contracts import (
     EMAIL_PROVIDER,
     SMS_PROVIDER,
@@ -27,6 +30,7 @@ from common.contracts import (
     SendMessage,
     inbound_message_id,
 )
+from common.logs import JsonFormatter
 from common.settings import Profile, ServiceTokenSettings
 from email_service.mock_keys import generate_event_keys
 
@@ -257,3 +261,27 @@ def production_settings(kind: type[SettingsT], **values: Any) -> SettingsT:
         else:
             values[name] = f"test-secret-{uuid.uuid4().hex}"
     return kind(messaging_profile=Profile.PRODUCTION, **values)
+
+
+@contextlib.contextmanager
+def log_lines() -> Iterator[list[str]]:
+    """Every log line of every logger while it is open, formatted as the services write them, with
+    the request context their filter adds."""
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    handler = Keep(logging.DEBUG)
+    handler.setFormatter(JsonFormatter("test"))
+    handler.addFilter(ContextFilter())
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield lines
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)

@@ -58,10 +58,11 @@ async def test_a_full_queue_is_a_quick_503_and_what_was_accepted_lands_once(harn
 
 
 # The broker takes back a delivery held unacked past its consumer_timeout (30 minutes by default; here
-# a node of the test's own, with 3 s) by closing the channel, and counts a delivery. With a delivery
+# a node of the test's own, with 5 s) by closing the channel, and counts a delivery. With a delivery
 # limit of 1 the second such return dead-letters the event: an outage of several consumer_timeouts
-# parks every event the consumer held unless it paused and handed them back uncounted.
-CONSUMER_TIMEOUT_MS = 3000
+# parks every event the consumer held unless it paused and handed them back uncounted. The consumer
+# notices the outage within about 3 s (a check a second, each given 2 s), so 5 s leaves it room.
+CONSUMER_TIMEOUT_MS = 5000
 HOLD_SECONDS = 1.0
 OUTAGE_SECONDS = 4 * CONSUMER_TIMEOUT_MS / 1000
 

@@ -2,9 +2,8 @@
 conversation_service verifying keys, naming owners and storing in PostgreSQL, driven over HTTP as a
 client would drive them, with keys made as bin/admin makes them."""
 
-import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -15,8 +14,6 @@ from aiohttp.test_utils import TestClient
 from aiopg.sa import Engine, create_engine
 
 from common.accounts import Scope
-from common.context import ContextFilter
-from common.logs import JsonFormatter
 from common.settings import Profile, ServiceSettings
 from conversation_service.accounts import Account, AccountStore
 from conversation_service.app import create_app as create_conversation_app
@@ -24,7 +21,7 @@ from conversation_service.settings import ConversationSettings
 from gateway.app import create_app as create_gateway_app
 from gateway.auth import ROUTE_ACCESS
 from gateway.settings import GatewaySettings
-from tests.factories import EMAIL_REQUEST, SMS_REQUEST, eventually
+from tests.factories import EMAIL_REQUEST, SMS_REQUEST, eventually, log_lines
 from tests.unit.test_gateway_api import SMS_WEBHOOK
 
 pytestmark = pytest.mark.integration
@@ -68,47 +65,49 @@ def in_profile(settings: Any, profile: Profile) -> Any:
     return settings.model_copy(update={"messaging_profile": profile})
 
 
-async def start(
-    aiohttp_server: Any,
-    aiohttp_client: Any,
-    engine: Engine,
-    database_url: str,
-    amqp_url: str,
-    broker_namespace: str,
-    *,
-    gateway_profile: Profile = Profile.PRODUCTION,
-    conversation_profile: Profile = Profile.PRODUCTION,
-) -> Stack:
-    broker = ServiceSettings(amqp_url=amqp_url, broker_namespace=broker_namespace).model_dump()
-    conversation = await aiohttp_server(
-        create_conversation_app(
-            in_profile(
-                ConversationSettings(**broker, database_url=database_url, internal_service_token=TOKEN),
-                conversation_profile,
-            )
-        )
-    )
-    gateway_settings = GatewaySettings(
-        **broker,
-        conversation_service_url=str(conversation.make_url("")),
-        internal_service_token=TOKEN,
-        # A revoke must show at once here; the cache is the unit tests' business.
-        auth_cache_seconds=0,
-    )
-    gateway = await aiohttp_server(create_gateway_app(in_profile(gateway_settings, gateway_profile)))
-    store = AccountStore(engine, development_fallback=False)
-    acme, globex = await store.create_account("acme"), await store.create_account("globex")
-    await store.add_address(acme, ACME_PHONE)
-    await store.add_address(acme, "@usehatchapp.com")
-    await store.add_address(globex, GLOBEX_PHONE)
-    return Stack(await aiohttp_client(gateway), store, acme, globex, database_url)
+StartStack = Callable[..., Awaitable[Stack]]
 
 
 @pytest.fixture
-async def production(
+def start(
     aiohttp_server: Any, aiohttp_client: Any, engine: Engine, database_url: str, amqp_url: str, broker_namespace: str
-) -> Stack:
-    return await start(aiohttp_server, aiohttp_client, engine, database_url, amqp_url, broker_namespace)
+) -> StartStack:
+    """`await start(gateway_profile=..., conversation_profile=...)`: both services in those profiles
+    (production unless told), and two accounts with their addresses."""
+
+    async def make(
+        *, gateway_profile: Profile = Profile.PRODUCTION, conversation_profile: Profile = Profile.PRODUCTION
+    ) -> Stack:
+        broker = ServiceSettings(amqp_url=amqp_url, broker_namespace=broker_namespace).model_dump()
+        conversation = await aiohttp_server(
+            create_conversation_app(
+                in_profile(
+                    ConversationSettings(**broker, database_url=database_url, internal_service_token=TOKEN),
+                    conversation_profile,
+                )
+            )
+        )
+        gateway_settings = GatewaySettings(
+            **broker,
+            conversation_service_url=str(conversation.make_url("")),
+            internal_service_token=TOKEN,
+            # A revoke must show at once here; the cache is the unit tests' business.
+            auth_cache_seconds=0,
+        )
+        gateway = await aiohttp_server(create_gateway_app(in_profile(gateway_settings, gateway_profile)))
+        store = AccountStore(engine, development_fallback=False)
+        acme, globex = await store.create_account("acme"), await store.create_account("globex")
+        await store.add_address(acme, ACME_PHONE)
+        await store.add_address(acme, "@usehatchapp.com")
+        await store.add_address(globex, GLOBEX_PHONE)
+        return Stack(await aiohttp_client(gateway), store, acme, globex, database_url)
+
+    return make
+
+
+@pytest.fixture
+async def production(start: StartStack) -> Stack:
+    return await start()
 
 
 async def key_of(stack: Stack, account: Account, *scopes: Scope, **options: Any) -> str:
@@ -223,20 +222,9 @@ async def test_two_accounts_using_one_idempotency_key_make_two_messages(producti
     assert count(stack.database_url, "SELECT count(DISTINCT account_id) FROM messages") == 2
 
 
-async def test_an_inbound_message_is_stored_under_the_owner_of_its_to(
-    aiohttp_server: Any, aiohttp_client: Any, engine: Engine, database_url: str, amqp_url: str, broker_namespace: str
-) -> None:
+async def test_an_inbound_message_is_stored_under_the_owner_of_its_to(start: StartStack) -> None:
     # Unsigned webhooks pass in the development profile only; an explicit owner still wins there.
-    stack = await start(
-        aiohttp_server,
-        aiohttp_client,
-        engine,
-        database_url,
-        amqp_url,
-        broker_namespace,
-        gateway_profile=Profile.DEVELOPMENT,
-        conversation_profile=Profile.DEVELOPMENT,
-    )
+    stack = await start(gateway_profile=Profile.DEVELOPMENT, conversation_profile=Profile.DEVELOPMENT)
     globex, acme = await key_of(stack, stack.globex), await key_of(stack, stack.acme)
 
     response = await stack.client.post("/api/webhooks/sms", json={**SMS_WEBHOOK, "to": GLOBEX_PHONE})
@@ -249,19 +237,9 @@ async def test_an_inbound_message_is_stored_under_the_owner_of_its_to(
     assert (await stack.client.get(f"/api/messages/{message_id}")).status == 404  # the development account's view
 
 
-async def test_an_inbound_message_that_no_account_receives_is_a_422_naming_to(
-    aiohttp_server: Any, aiohttp_client: Any, engine: Engine, database_url: str, amqp_url: str, broker_namespace: str
-) -> None:
+async def test_an_inbound_message_that_no_account_receives_is_a_422_naming_to(start: StartStack) -> None:
     # conversation_service decides who owns what: in production nobody owns an unregistered address.
-    stack = await start(
-        aiohttp_server,
-        aiohttp_client,
-        engine,
-        database_url,
-        amqp_url,
-        broker_namespace,
-        gateway_profile=Profile.DEVELOPMENT,
-    )
+    stack = await start(gateway_profile=Profile.DEVELOPMENT)
 
     response = await stack.client.post("/api/webhooks/sms", json={**SMS_WEBHOOK, "to": "+12016669999"})
 
@@ -270,26 +248,12 @@ async def test_an_inbound_message_that_no_account_receives_is_a_422_naming_to(
 
 
 @pytest.fixture
-def log_lines() -> Iterator[list[str]]:
-    lines: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(self.format(record))
-
-    handler = Keep(logging.DEBUG)
-    handler.setFormatter(JsonFormatter("test"))
-    handler.addFilter(ContextFilter())
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    yield lines
-    root.removeHandler(handler)
-    root.setLevel(level)
+def all_log_lines() -> Iterator[list[str]]:
+    with log_lines() as lines:
+        yield lines
 
 
-async def test_keys_never_appear_in_clear_in_either_services_logs(production: Stack, log_lines: list[str]) -> None:
+async def test_keys_never_appear_in_clear_in_either_services_logs(production: Stack, all_log_lines: list[str]) -> None:
     stack = production
     key = await key_of(stack, stack.acme)
     revoked, revoked_stored = await stack.store.create_key(stack.acme, [Scope.READ])
@@ -300,7 +264,7 @@ async def test_keys_never_appear_in_clear_in_either_services_logs(production: St
     await stack.client.get("/api/conversations", headers=bearer(revoked))
     await stack.client.post("/api/messages/sms", json={**SMS_REQUEST, "from": GLOBEX_PHONE}, headers=bearer(key))
 
-    logged = "\n".join(log_lines)
+    logged = "\n".join(all_log_lines)
     assert str(stack.acme.id) in logged
     for secret in (key, revoked):
         assert secret.split("_", 2)[2] not in logged

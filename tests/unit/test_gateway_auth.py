@@ -1,8 +1,8 @@
 """The gateway's perimeter against a fake conversation_service: keys, scopes, owners, profiles, the
 rate limit, and what the logs keep. What a client notices, and what reaches the bus."""
 
+import asyncio
 import json
-import logging
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -12,14 +12,12 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from common.accounts import DEVELOPMENT_ACCOUNT_ID, Scope
-from common.context import ContextFilter
 from common.contracts import MessageReceived, SendMessage
-from common.logs import JsonFormatter
 from common.settings import Profile
 from gateway.app import create_app
 from gateway.auth import ROUTE_ACCESS
 from gateway.settings import GatewaySettings
-from tests.factories import EMAIL_REQUEST, SMS_REQUEST, production_settings
+from tests.factories import EMAIL_REQUEST, SMS_REQUEST, log_lines, production_settings
 from tests.fakes import FakeConversationService, MemoryKeyStore, RecordingPublisher
 from tests.unit.test_gateway_api import EMAIL_WEBHOOK, SMS_WEBHOOK
 
@@ -417,23 +415,8 @@ async def test_the_correlation_id_is_echoed_on_every_answer(production: Stack) -
 
 @pytest.fixture
 def all_log_lines() -> Iterator[list[str]]:
-    """Every log line of every logger, formatted as the services write them, context included."""
-    lines: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(self.format(record))
-
-    handler = Keep(logging.DEBUG)
-    handler.setFormatter(JsonFormatter("gateway"))
-    handler.addFilter(ContextFilter())
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    yield lines
-    root.removeHandler(handler)
-    root.setLevel(level)
+    with log_lines() as lines:
+        yield lines
 
 
 async def test_keys_never_appear_in_clear_in_the_logs(
@@ -474,3 +457,40 @@ async def test_the_gateway_answers_only_with_the_service_token_its_upstream_expe
 
     # The key cannot be checked: unavailable, not the client's fault.
     assert response.status == 503
+
+
+async def raw_post(client: TestClient, head_lines: bytes) -> tuple[int, dict[str, Any]]:
+    """POST a send over a raw socket, with header lines HTTP clients refuse to send."""
+    body = json.dumps(SMS_REQUEST).encode()
+    head = (
+        f"POST /api/messages/sms HTTP/1.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(head + head_lines + b"\r\n" + body)
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [b"Bearer msk_0123abcd_\xff\xfe\xc3\xa9", b"Bearer \xc3\xa9\xc3\xa9", b"\xff\xff", b"Bearer msk_0123abcd_"],
+)
+async def test_an_authorization_header_of_any_bytes_is_a_401_never_a_5xx(
+    production: Stack, authorization: bytes
+) -> None:
+    host = f"Host: {production.client.host}\r\n".encode()
+    status, body = await raw_post(production.client, host + b"Authorization: " + authorization + b"\r\n")
+
+    assert (status, body["error"]) == (401, "unauthorized")
+    assert production.publisher.published == []
+
+
+async def test_a_host_of_any_bytes_is_refused_in_development_never_a_5xx(development: Stack) -> None:
+    status, body = await raw_post(development.client, b"Host: 127.0.0.1\xff\xfe.evil\r\n")
+
+    assert 400 <= status < 500, body
+    assert development.publisher.published == []
