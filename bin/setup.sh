@@ -54,7 +54,7 @@ fi
 if ! "$VENV/bin/python" bin/preflight.py 2>/dev/null; then
     if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then
         say "starting PostgreSQL and RabbitMQ with docker compose"
-        docker compose -f docker-compose.dev.yml up -d --wait postgres rabbitmq
+        docker compose -p messaging-service-dev -f docker-compose.dev.yml up -d --wait postgres rabbitmq
         "$VENV/bin/python" bin/preflight.py --wait 30 || exit 1
     else
         "$VENV/bin/python" bin/preflight.py || true

@@ -60,4 +60,5 @@ def test_the_gateway_is_scraped_with_the_internal_service_token(
     (secret,) = compose["services"]["prometheus"]["secrets"]
 
     assert authorization == {"type": "Bearer", "credentials_file": f"/run/secrets/{secret}"}
-    assert compose["secrets"][secret] == {"environment": "INTERNAL_SERVICE_TOKEN"}
+    assert compose["secrets"][secret] == {"file": "./deploy/secrets/internal_service_token"}
+    assert "deploy/secrets/" in (ROOT / ".gitignore").read_text()
