@@ -180,6 +180,7 @@ class Publisher:
     def __init__(self, exchange: AbstractExchange, metrics: Metrics | None = None) -> None:
         self._exchange = exchange
         self._metrics = metrics or Metrics()
+        self._renewing = asyncio.Lock()
 
     async def publish(self, contract: Contract) -> None:
         message = aio_pika.Message(
@@ -204,6 +205,7 @@ class Publisher:
             # A nack (not a return: an unroutable message is a PublishError) is a queue at its limit,
             # the one reason a quorum queue refuses a message it was routed.
             if isinstance(error.frame, aiormq.spec.Basic.Nack):
+                await self._renew_channel()
                 raise QueueFull(f"a queue is full; {contract.routing_key} refused") from error
             raise BrokerUnavailable(f"broker did not confirm {contract.routing_key}: {error!r}") from error
         except (
@@ -215,6 +217,26 @@ class Publisher:
         ) as error:
             raise BrokerUnavailable(f"broker did not confirm {contract.routing_key}: {error!r}") from error
         self._metrics.count_published(contract)
+
+    async def _renew_channel(self) -> None:
+        """Publish on a fresh channel from now on.
+
+        A quorum queue at its limit tells each publishing channel, which then refuses every publish to
+        it until the queue says it has room again. A queue whose leader moved to another node (a node
+        lost) may never say so: in the cluster fault test one channel had every publish nacked for good
+        while the queue was nearly empty. A fresh channel asks the queue anew; still full, it is refused
+        again. Publishes in flight on the old channel fail as unconfirmed, a 503 like any other.
+        """
+        if self._renewing.locked():
+            return
+        async with self._renewing:
+            channel = self._exchange.channel
+            try:
+                await channel.close()
+                await channel.reopen()
+            except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, RuntimeError) as error:
+                # The connection is going or gone: its robust reconnect opens a fresh channel anyway.
+                log.warning("could not renew the publishing channel", extra={"error": repr(error)})
 
 
 class FailoverConnection(RobustConnection):

@@ -9,7 +9,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import generate_latest
 
-from common.broker import BROKER, Consumer, Publisher, Topology, declare_topology
+from common.broker import BROKER, Consumer, Publisher, QueueArguments, Topology, declare_topology
 from common.contracts import MessageEvent, message_event_adapter
 from common.metrics import Metrics
 from common.mock_provider import MockBehaviour
@@ -167,7 +167,9 @@ async def test_a_consumer_counts_requeues_redeliveries_and_dead_letters_by_why(
 
     async with await aio_pika.connect_robust(amqp_url) as connection:
         channel = await connection.channel(publisher_confirms=True)
-        exchange = await declare_topology(channel, topology, delivery_limit=2)
+        exchange = await declare_topology(
+            channel, topology, QueueArguments(delivery_limit=2, max_length=ServiceSettings().queue_max_length)
+        )
         queue = await channel.get_queue(events)
         parse_event = message_event_adapter.validate_json
         consumer = Consumer(queue, parse_event, failing, delivery_limit=2, redelivery_delay=0.01, metrics=metrics)
@@ -216,8 +218,9 @@ async def test_a_lost_broker_connection_and_a_lost_database_are_counted_once_the
     broker_proxy.pause()
     broker_proxy.resume()
 
+    # One for each of its connections, the publishing one and the consuming one.
     async def reconnected() -> bool:
-        return value(await scrape(conversation), "messaging_broker_reconnects_total") == 1 and await ready()
+        return value(await scrape(conversation), "messaging_broker_reconnects_total") == 2 and await ready()
 
     await eventually(reconnected, "the broker connection made again, and counted")
 
@@ -239,4 +242,4 @@ async def test_a_lost_broker_connection_and_a_lost_database_are_counted_once_the
         return value(await scrape(conversation), "messaging_events_stored_total", stored_inbound) == 1
 
     await eventually(stored, "the event stored once the database is back")
-    assert value(await scrape(conversation), "messaging_broker_reconnects_total") == 1
+    assert value(await scrape(conversation), "messaging_broker_reconnects_total") == 2
