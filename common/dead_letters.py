@@ -121,13 +121,13 @@ def describe(message: AbstractIncomingMessage) -> DeadLetter:
     )
 
 
-async def _waiting(channel: AbstractChannel, name: str) -> tuple[AbstractQueue, int]:
+async def waiting_queue(channel: AbstractChannel, name: str) -> tuple[AbstractQueue, int]:
     queue = await channel.get_queue(name)
     assert queue.declaration_result is not None
     return queue, queue.declaration_result.message_count or 0
 
 
-async def _take(queue: AbstractQueue, count: int) -> list[AbstractIncomingMessage]:
+async def take_unacked(queue: AbstractQueue, count: int) -> list[AbstractIncomingMessage]:
     """Up to `count` messages off `queue`, unacked, so they go back if we stop half-way."""
     taken = []
     for _ in range(count):
@@ -147,8 +147,8 @@ async def list_dead_letters(
         channel = await connection.channel()
         report = []
         for name, spec in _selected(topology, queue):
-            dead_letters, count = await _waiting(channel, spec.dead_letter_name)
-            held = await _take(dead_letters, count if limit is None else min(count, limit))
+            dead_letters, count = await waiting_queue(channel, spec.dead_letter_name)
+            held = await take_unacked(dead_letters, count if limit is None else min(count, limit))
             report.append(DeadLetterQueue(name, spec.dead_letter_name, count, tuple(map(describe, held))))
             # Requeued, they take their old places again (the quorum queue counts a delivery for each).
             for message in held:
@@ -172,7 +172,7 @@ async def replay_dead_letters(
         # Confirms and returns raising: a publish that comes back unrouted must fail before the ack.
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         for name, spec in _selected(topology, queue):
-            dead_letters, count = await _waiting(channel, spec.dead_letter_name)
+            dead_letters, count = await waiting_queue(channel, spec.dead_letter_name)
             passed_over = []
             replayed[name] = 0
             for _ in range(count):

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from common.broker import BROKER, BrokerUnavailable, ContractPublisher, Topology
 from common.contracts import Contract
-from common.dead_letters import _take, _waiting, positive
+from common.dead_letters import positive, take_unacked, waiting_queue
 from common.errors import DomainError
 from common.settings import load_settings
 from gateway.settings import GatewaySettings
@@ -161,8 +161,8 @@ def _entry(message: AbstractIncomingMessage) -> QuarantinedWebhook | None:
 
 
 async def list_quarantine(channel: AbstractChannel, topology: Topology, limit: int | None = None) -> list[Entry]:
-    queue, count = await _waiting(channel, topology.quarantine.name)
-    held = await _take(queue, count if limit is None else min(count, limit))
+    queue, count = await waiting_queue(channel, topology.quarantine.name)
+    held = await take_unacked(queue, count if limit is None else min(count, limit))
     try:
         return [describe(entry) for message in held if (entry := _entry(message)) is not None]
     finally:
@@ -176,8 +176,8 @@ async def replay_quarantine(
     """Each entry (at most `limit`), verified and handled again as a live webhook; those that pass are
     acked after their publish, the others go back. A replay reads no further than the entries that
     were waiting when it started."""
-    queue, count = await _waiting(channel, topology.quarantine.name)
-    held = await _take(queue, count if limit is None else min(count, limit))
+    queue, count = await waiting_queue(channel, topology.quarantine.name)
+    held = await take_unacked(queue, count if limit is None else min(count, limit))
     outcomes = []
     try:
         for message in held:
