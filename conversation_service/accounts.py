@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql as pg
 from common.accounts import DEVELOPMENT_ACCOUNT_ID, KeyIdentity, Scope, generate_api_key, hash_api_key
 from common.addresses import domain_of
 from common.errors import Conflict, NotFound, ServiceUnavailable
-from conversation_service.repository import CONNECTION_ERRORS
+from conversation_service.database import CONNECTION_ERRORS
 from conversation_service.schema import account_addresses, accounts, api_keys
 
 ResultT = TypeVar("ResultT")

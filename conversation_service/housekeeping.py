@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from conversation_service.repository import cancel_dropped_by_driver
+from conversation_service.database import cancel_dropped_by_driver
 
 log = logging.getLogger(__name__)
 

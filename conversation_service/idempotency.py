@@ -30,7 +30,7 @@ from common.idempotency import (
     KeyPublished,
     KeyReleased,
 )
-from conversation_service.repository import CONNECTION_ERRORS
+from conversation_service.database import CONNECTION_ERRORS
 from conversation_service.schema import idempotency_keys
 
 log = logging.getLogger(__name__)

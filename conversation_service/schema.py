@@ -7,6 +7,8 @@ revision and is never used to create anything.
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
+from common.contracts import STATUS_RANK
+
 metadata = sa.MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -133,6 +135,18 @@ message_status_history = sa.Table(
         "status IN ('queued', 'sent', 'delivered', 'failed', 'received')", name="ck_message_status_history_status"
     ),
 )
+
+_history_rank = sa.case(
+    {status.value: rank for status, rank in STATUS_RANK.items()}, value=message_status_history.c.status
+)
+# A message's outcome is the highest rank; of two final ones (a provider that reported delivered and
+# failed), the first to happen, whatever order they arrive in.
+OUTCOME_FIRST = (_history_rank.desc(), message_status_history.c.occurred_at, message_status_history.c.status)
+# Lifecycle order, not time alone: providers date receipts on their own clocks, some to the whole
+# second, which could put a `delivered` before the `queued` it followed. Provider ids are taken from
+# the lowest rank that has one: as the provider answered the send, not as a receipt spells them
+# (SendGrid's events suffix the id its send answered with).
+SEND_FIRST = (_history_rank, message_status_history.c.occurred_at, message_status_history.c.status)
 
 pending_receipts = sa.Table(
     "pending_receipts",
