@@ -93,6 +93,12 @@ class Metrics:
         self.broker_reconnects = Counter(
             "messaging_broker_reconnects", "Times the broker connection was lost and made again", registry=registry
         )
+        self.write_batch_size = Histogram(
+            "messaging_write_batch_size",
+            "Message events conversation_service wrote in one transaction; its count is the transactions",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=registry,
+        )
         self.database_retries = Counter(
             "messaging_database_retries",
             "Database operations tried again after the connection was lost (the pool reconnects for them)",

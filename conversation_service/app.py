@@ -17,6 +17,9 @@ from conversation_service.idempotency import KEY_STORE, IdempotencyKeyStore, add
 from conversation_service.repository import MessageRepository
 from conversation_service.service_token import service_token_middleware
 from conversation_service.settings import ConversationSettings
+from conversation_service.write_batches import WriteBatches, running
+
+WRITE_BATCHES = web.AppKey("write_batches", WriteBatches)
 
 
 def create_app(settings: ConversationSettings, *, repository: MessageRepository | None = None) -> web.Application:
@@ -30,13 +33,14 @@ def create_app(settings: ConversationSettings, *, repository: MessageRepository 
     add_health_routes(app)
     if repository is None:
         app.cleanup_ctx.append(database_ctx(settings))
+        app.cleanup_ctx.append(write_batches_ctx(settings))
         app.cleanup_ctx.append(broker_ctx(settings))
         app.cleanup_ctx.append(
             consumer_ctx(
                 settings,
                 lambda topology: topology.conversation_events,
                 message_event_adapter.validate_json,
-                lambda app: EventHandler(app[REPOSITORY], app[METRICS]),
+                lambda app: EventHandler(app[WRITE_BATCHES], app[METRICS]),
                 # Deliveries held through a long outage would outlive the broker's consumer_timeout.
                 pause_unless=lambda app: app[REPOSITORY].is_available,
             )
@@ -82,6 +86,23 @@ def database_ctx(settings: ConversationSettings) -> Callable[[web.Application], 
                 engine, development_fallback=settings.messaging_profile is Profile.DEVELOPMENT
             )
             app[READINESS_CHECKS]["database"] = repository.is_available
+            yield
+
+    return ctx
+
+
+def write_batches_ctx(settings: ConversationSettings) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Torn down after the consumer: its last deliveries' writes are still in here."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        batches = WriteBatches(
+            app[REPOSITORY].store_batch,
+            size=settings.write_batch_size,
+            wait_seconds=settings.write_batch_wait_seconds,
+            metrics=app[METRICS],
+        )
+        async with running(batches, settings.shutdown_grace_seconds):
+            app[WRITE_BATCHES] = batches
             yield
 
     return ctx

@@ -16,6 +16,18 @@ class ConversationSettings(ServiceSettings, DatabaseSettings, ServiceTokenSettin
         description="Longest pause between two tries of a write while the database is unreachable. A write "
         "retries for as long as the database stays away: its message stays unacked, the rest wait on the queue",
     )
+    write_batch_size: int = Field(
+        16,
+        ge=1,
+        description="Message events written in one transaction at most; each delivery is acked after its "
+        "batch committed. At most CONSUMER_PREFETCH, the deliveries in hand; at half of it, the next batch "
+        "gathers while one is written",
+    )
+    write_batch_wait_seconds: float = Field(
+        0.005,
+        ge=0,
+        description="How long the first event of a batch waits for others to join it before the batch is written",
+    )
     idempotency_key_ttl_seconds: float = Field(
         86_400.0, gt=0, description="How long a client's Idempotency-Key holds; after that it is a new send"
     )
@@ -49,6 +61,13 @@ class ConversationSettings(ServiceSettings, DatabaseSettings, ServiceTokenSettin
     def default_page_fits(self) -> Self:
         if self.default_page_size > self.max_page_size:
             raise ValueError("default_page_size must not exceed max_page_size")
+        return self
+
+    @model_validator(mode="after")
+    def batch_fits_prefetch(self) -> Self:
+        # Fewer deliveries in hand than a batch holds: every batch would wait out its whole wait.
+        if self.write_batch_size > self.consumer_prefetch:
+            raise ValueError("WRITE_BATCH_SIZE must not exceed CONSUMER_PREFETCH")
         return self
 
 

@@ -19,9 +19,9 @@ order).
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, assert_never
 
 import sqlalchemy as sa
 from aiopg.sa import SAConnection
@@ -35,6 +35,7 @@ from common.contracts import (
     DeliveryReported,
     Direction,
     MessageContent,
+    MessageEvent,
     MessageReceived,
     MessageStatus,
     MessageStatusChanged,
@@ -74,51 +75,68 @@ class MessageWriter:
         self._database = database
         self._receipt_clock_skew_seconds = receipt_clock_skew_seconds
 
+    async def store_batch(self, events: Sequence[MessageEvent]) -> list[WriteOutcome]:
+        """Write `events` in one transaction, as if one after the other; each one's outcome."""
+        return await self._database.write(lambda connection: self._record_all(connection, events))
+
     async def store_outbound(self, command: SendMessage) -> WriteOutcome:
-        entry = _history_entry(command.message_id, MessageStatus.QUEUED, command.occurred_at)
-        message = _message_params(command.message_id, command.account_id, Direction.OUTBOUND, command.content)
-        return await self._database.write(
-            lambda connection: _record_message(connection, entry, command.content, message)
-        )
+        return (await self.store_batch([command]))[0]
 
     async def store_inbound(self, event: MessageReceived) -> WriteOutcome:
-        entry = _history_entry(
-            event.message_id,
-            MessageStatus.RECEIVED,
-            event.occurred_at,
-            provider=event.provider,
-            provider_message_id=event.provider_message_id,
-        )
-        message = _message_params(event.message_id, event.account_id, Direction.INBOUND, event.content)
-        return await self._database.write(lambda connection: _record_message(connection, entry, event.content, message))
+        return (await self.store_batch([event]))[0]
 
     async def store_status(self, event: MessageStatusChanged) -> WriteOutcome:
-        entry = _history_entry(
-            event.message_id,
-            event.status,
-            event.occurred_at,
-            attempts=event.attempts,
-            provider=event.provider,
-            provider_message_id=event.provider_message_id,
-            error=event.error,
-        )
-        content = event.command.content
-        message = _message_params(event.message_id, event.command.account_id, Direction.OUTBOUND, content)
-        skew = self._receipt_clock_skew_seconds
-        return await self._database.write(lambda connection: _record_status(connection, entry, content, message, skew))
+        return (await self.store_batch([event]))[0]
 
     async def store_receipt(self, event: DeliveryReported) -> WriteOutcome:
-        receipt = {
-            "message_id": str(event.message_id),
-            "status": event.status.value,
-            "channel": event.channel.value,
-            "provider": event.provider,
-            "provider_message_id": event.provider_message_id,
-            "occurred_at": event.occurred_at,
-            "error": event.error,
-        }
+        return (await self.store_batch([event]))[0]
+
+    async def _record_all(self, connection: SAConnection, events: Sequence[MessageEvent]) -> list[WriteOutcome]:
+        return [await self._record(connection, event) for event in events]
+
+    async def _record(self, connection: SAConnection, event: MessageEvent) -> WriteOutcome:
         skew = self._receipt_clock_skew_seconds
-        return await self._database.write(lambda connection: _record_receipt(connection, receipt, skew))
+        match event:
+            case SendMessage():
+                entry = _history_entry(event.message_id, MessageStatus.QUEUED, event.occurred_at)
+                message = _message_params(event.message_id, event.account_id, Direction.OUTBOUND, event.content)
+                return await _record_message(connection, entry, event.content, message)
+            case MessageReceived():
+                entry = _history_entry(
+                    event.message_id,
+                    MessageStatus.RECEIVED,
+                    event.occurred_at,
+                    provider=event.provider,
+                    provider_message_id=event.provider_message_id,
+                )
+                message = _message_params(event.message_id, event.account_id, Direction.INBOUND, event.content)
+                return await _record_message(connection, entry, event.content, message)
+            case MessageStatusChanged():
+                entry = _history_entry(
+                    event.message_id,
+                    event.status,
+                    event.occurred_at,
+                    attempts=event.attempts,
+                    provider=event.provider,
+                    provider_message_id=event.provider_message_id,
+                    error=event.error,
+                )
+                content = event.command.content
+                message = _message_params(event.message_id, event.command.account_id, Direction.OUTBOUND, content)
+                return await _record_status(connection, entry, content, message, skew)
+            case DeliveryReported():
+                receipt = {
+                    "message_id": str(event.message_id),
+                    "status": event.status.value,
+                    "channel": event.channel.value,
+                    "provider": event.provider,
+                    "provider_message_id": event.provider_message_id,
+                    "occurred_at": event.occurred_at,
+                    "error": event.error,
+                }
+                return await _record_receipt(connection, receipt, skew)
+            case _:
+                assert_never(event)
 
     async def expire_pending_receipts(self, older_than_seconds: float) -> int:
         """Drop the receipts that waited longer than `older_than_seconds` for their send; how many.
@@ -129,8 +147,6 @@ class MessageWriter:
             lambda connection: _EXPIRE_PENDING_RECEIPTS.execute(connection, {"older_than": older_than_seconds})
         )
         return len(result)
-
-    # Reads.
 
 
 _FIND_CONVERSATION = Compiled.of(

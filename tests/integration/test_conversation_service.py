@@ -291,3 +291,49 @@ async def test_reads_answer_for_the_account_the_gateway_names(client: TestClient
     assert (listing.status, await listing.json()) == (200, {"conversations": [], "next_cursor": None})
     assert (conversation.status, message.status) == (404, 404)
     assert (await client.get(f"/messages/{command.message_id}")).status == 200
+
+
+async def test_a_poison_event_in_a_batch_is_dead_lettered_alone_and_its_neighbours_are_stored(
+    aiohttp_client: Callable[[web.Application], Awaitable[TestClient]],
+    database_url: str,
+    amqp_url: str,
+    broker_namespace: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="conversation_service.write_batches")
+    settings = ConversationSettings(
+        database_url=database_url,
+        amqp_url=amqp_url,
+        broker_namespace=broker_namespace,
+        # Long enough a wait that all of them share the first batch; two deliveries and it is dead-lettered.
+        write_batch_size=16,
+        write_batch_wait_seconds=1.0,
+        delivery_limit=2,
+        shutdown_grace_seconds=2.0,
+    )
+    client = await aiohttp_client(create_app(settings))
+    broker = client.app[BROKER]
+    # PostgreSQL text cannot hold a NUL: the driver refuses the whole statement it is part of.
+    poison = message_received(provider_message_id="poison", body="nul \x00 inside")
+    neighbours = [message_received(provider_message_id=f"neighbour-{i}") for i in range(7)]
+    for event in [*neighbours[:3], poison, *neighbours[3:]]:
+        await broker.publisher.publish(event)
+
+    for event in neighbours:
+        await eventually(lambda event=event: _stored(database_url, event.message_id), "every neighbour is stored")
+    dead_letters = await broker.consume_channel.get_queue(
+        Topology(broker_namespace).conversation_events.dead_letter_name
+    )
+    bodies: list[bytes] = []
+
+    async def dead_lettered() -> bool:
+        message = await dead_letters.get(no_ack=True, fail=False)
+        if message is not None:
+            bodies.append(message.body)
+        return bool(bodies)
+
+    await eventually(dead_lettered, "the poison event reaches the dead-letter queue")
+    assert [str(poison.message_id).encode() in body for body in bodies] == [True]
+    assert any(record.__dict__.get("batch_size") == 8 for record in caplog.records)
+    assert count_messages(database_url, poison.message_id) == 0
+    assert await dead_letters.get(no_ack=True, fail=False) is None

@@ -3,7 +3,7 @@
 from datetime import UTC, datetime
 
 from common.contracts import Channel, MessageContent
-from conversation_service.repository import participant_key, participants_of
+from conversation_service.writes import participant_key, participants_of
 
 
 def _content(from_address: str, to_address: str) -> MessageContent:
