@@ -12,21 +12,24 @@ backwards. A delivery receipt is checked against the send it names (channel, pro
 and dated within [the send's time, now + a skew] before it enters the history; one that arrives
 before the send's answer waits in `pending_receipts` until it can be checked, and one that does not
 fit changes nothing. Writers of one message take turns on a transaction-scoped advisory lock, so that
-a receipt and the send it reports on cannot each miss the other. Each write works on a connection it
-is given, so a batch of deliveries can share one transaction (taking its messages' locks in a fixed
-order).
+a receipt and the send it reports on cannot each miss the other.
+
+A batch of events is one transaction of set-based statements: it takes its messages' locks in one
+statement, in a fixed order so that two replicas cannot deadlock on them; adds the history entries of
+all of them in one; finds the conversations of the new messages in one, locking their rows in id
+order; inserts the messages and counts each conversation once in one. The events of one message are
+applied in rounds, one of them a round, so that they end as if written one after the other. Receipts,
+and the receipts that waited for a status, are rare enough to be written one by one.
 """
 
+import json
 import logging
-import uuid
 from collections.abc import Iterable, Sequence
-from datetime import datetime
 from typing import Any, assert_never
 
 import sqlalchemy as sa
 from aiopg.sa import SAConnection
 from aiopg.sa.result import RowProxy
-from psycopg2.extras import Json
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
@@ -43,14 +46,7 @@ from common.contracts import (
 )
 from conversation_service.database import Compiled, Database
 from conversation_service.handlers import WriteOutcome
-from conversation_service.schema import (
-    OUTCOME_FIRST,
-    SEND_FIRST,
-    conversation_participants,
-    conversations,
-    message_status_history,
-    messages,
-)
+from conversation_service.schema import OUTCOME_FIRST, SEND_FIRST, message_status_history
 
 log = logging.getLogger(__name__)
 
@@ -91,53 +87,6 @@ class MessageWriter:
     async def store_receipt(self, event: DeliveryReported) -> WriteOutcome:
         return (await self.store_batch([event]))[0]
 
-    async def _record_all(self, connection: SAConnection, events: Sequence[MessageEvent]) -> list[WriteOutcome]:
-        return [await self._record(connection, event) for event in events]
-
-    async def _record(self, connection: SAConnection, event: MessageEvent) -> WriteOutcome:
-        skew = self._receipt_clock_skew_seconds
-        match event:
-            case SendMessage():
-                entry = _history_entry(event.message_id, MessageStatus.QUEUED, event.occurred_at)
-                message = _message_params(event.message_id, event.account_id, Direction.OUTBOUND, event.content)
-                return await _record_message(connection, entry, event.content, message)
-            case MessageReceived():
-                entry = _history_entry(
-                    event.message_id,
-                    MessageStatus.RECEIVED,
-                    event.occurred_at,
-                    provider=event.provider,
-                    provider_message_id=event.provider_message_id,
-                )
-                message = _message_params(event.message_id, event.account_id, Direction.INBOUND, event.content)
-                return await _record_message(connection, entry, event.content, message)
-            case MessageStatusChanged():
-                entry = _history_entry(
-                    event.message_id,
-                    event.status,
-                    event.occurred_at,
-                    attempts=event.attempts,
-                    provider=event.provider,
-                    provider_message_id=event.provider_message_id,
-                    error=event.error,
-                )
-                content = event.command.content
-                message = _message_params(event.message_id, event.command.account_id, Direction.OUTBOUND, content)
-                return await _record_status(connection, entry, content, message, skew)
-            case DeliveryReported():
-                receipt = {
-                    "message_id": str(event.message_id),
-                    "status": event.status.value,
-                    "channel": event.channel.value,
-                    "provider": event.provider,
-                    "provider_message_id": event.provider_message_id,
-                    "occurred_at": event.occurred_at,
-                    "error": event.error,
-                }
-                return await _record_receipt(connection, receipt, skew)
-            case _:
-                assert_never(event)
-
     async def expire_pending_receipts(self, older_than_seconds: float) -> int:
         """Drop the receipts that waited longer than `older_than_seconds` for their send; how many.
 
@@ -148,29 +97,227 @@ class MessageWriter:
         )
         return len(result)
 
+    async def _record_all(self, connection: SAConnection, events: Sequence[MessageEvent]) -> list[WriteOutcome]:
+        outcomes = [WriteOutcome.REPLAYED] * len(events)
+        for round_ in _rounds(events):
+            recorded = await _record_round(connection, [events[i] for i in round_], self._receipt_clock_skew_seconds)
+            for index, outcome in zip(round_, recorded, strict=True):
+                outcomes[index] = outcome
+        return outcomes
 
-_FIND_CONVERSATION = Compiled.of(
-    sa.select(conversations.c.id).where(
-        conversations.c.account_id == sa.bindparam("account_id", type_=pg.UUID),
-        conversations.c.participant_key == sa.bindparam("participant_key"),
-    )
-)
-# Per account and participants: creators of one conversation take turns, of different ones do not.
-_LOCK_PARTICIPANT_KEY = Compiled.of(
-    sa.select(
-        sa.func.pg_advisory_xact_lock(
-            sa.func.hashtextextended(
-                sa.bindparam("account_id", type_=sa.Text) + PARTICIPANT_SEPARATOR + sa.bindparam("participant_key"), 0
+
+def _rounds(events: Sequence[MessageEvent]) -> list[list[int]]:
+    """The events' positions in rounds: the first event of each message, then the second, and so on,
+    each round in arrival order."""
+    rounds: list[list[int]] = []
+    seen: dict[Any, int] = {}
+    for index, event in enumerate(events):
+        earlier = seen.get(event.message_id, 0)
+        seen[event.message_id] = earlier + 1
+        if earlier == len(rounds):
+            rounds.append([])
+        rounds[earlier].append(index)
+    return rounds
+
+
+async def _record_round(
+    connection: SAConnection, events: list[MessageEvent], receipt_clock_skew_seconds: float
+) -> list[WriteOutcome]:
+    """Events of distinct messages: their entries, then the messages that are new, then the receipts."""
+    ids = [str(event.message_id) for event in events]
+    await _LOCK_MESSAGES.scalar(connection, {"message_ids": sorted(ids)})
+    outcomes = [WriteOutcome.REPLAYED] * len(events)
+    entries = [index for index, event in enumerate(events) if not isinstance(event, DeliveryReported)]
+    if entries:
+        added = set(await _ADD_ENTRIES.scalar(connection, _columns([_entry_of(events[i]) for i in entries])) or ())
+        recorded = [index for index in entries if ids[index] in added]
+        for index in recorded:
+            outcomes[index] = WriteOutcome.CHANGED
+        # A channel service's outcome: its message is most likely stored, but when this event overtook
+        # the send it carries, the message is stored from it.
+        statuses = [ids[index] for index in recorded if isinstance(events[index], MessageStatusChanged)]
+        refreshed = await _refresh_statuses(connection, statuses)
+        await _store_messages(connection, [events[i] for i in recorded if ids[i] not in refreshed])
+        if statuses:
+            # Receipts that came before the status, waiting for the send's answer to be checked against.
+            for receipt in await _TAKE_PENDING_RECEIPTS.execute(connection, {"message_ids": statuses}):
+                await _settle_receipt(connection, dict(receipt), receipt_clock_skew_seconds)
+    for index, event in enumerate(events):
+        if isinstance(event, DeliveryReported):
+            outcomes[index] = await _record_receipt(connection, _receipt_of(event), receipt_clock_skew_seconds)
+    return outcomes
+
+
+async def _refresh_statuses(connection: SAConnection, message_ids: list[str]) -> set[str]:
+    """Derive the stored messages' status columns from their history again; the ids of those stored."""
+    if not message_ids:
+        return set()
+    return set(await _REFRESH_STATUSES.scalar(connection, {"message_ids": message_ids}) or ())
+
+
+async def _store_messages(connection: SAConnection, events: list[MessageEvent]) -> None:
+    """Insert the events' messages, most likely new, each into its conversation."""
+    if not events:
+        return
+    rows = [_message_of(event) for event in events]
+    conversation_ids = await _conversations_of(connection, rows)
+    for row in rows:
+        row["conversation_id"] = conversation_ids[row["account_id"], row["participant_key"]]
+    columns = _columns(rows, _MESSAGE_COLUMNS)
+    inserted = set(await _INSERT_MESSAGES.scalar(connection, {**columns, "message_ids": columns["id"]}) or ())
+    # A message that was there after all: committed, since this transaction last looked, by a writer
+    # that skipped the message lock. This statement's fresh snapshot sees it.
+    await _refresh_statuses(connection, [row["id"] for row in rows if row["id"] not in inserted])
+
+
+async def _conversations_of(connection: SAConnection, rows: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    """Each row's conversation, by account and participants, created if it is new, in the rows' order.
+
+    An INSERT draws its id from the sequence even when it then hits ON CONFLICT, so two writers racing
+    to create one conversation (a send and its status, typically) would leave a gap in the ids clients
+    see. Creators of one key take turns instead, and look again once it is theirs.
+    """
+    first_of: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        first_of.setdefault((row["account_id"], row["participant_key"]), row)
+    keys = list(first_of)
+    found = dict(zip(keys, await _find_conversations(connection, keys), strict=True))
+    missing = [key for key in keys if found[key] is None]
+    if missing:
+        await _LOCK_PARTICIPANT_KEYS.scalar(connection, _key_columns(sorted(missing)))
+        found |= zip(missing, await _find_conversations(connection, missing), strict=True)
+        new = [key for key in missing if found[key] is None]
+        if new:
+            created = await _CREATE_CONVERSATIONS.scalar(
+                connection,
+                {**_key_columns(new), "last_message_ats": [first_of[key]["timestamp"] for key in new]},
             )
+            found |= zip(new, created, strict=True)
+    return found
+
+
+async def _find_conversations(connection: SAConnection, keys: list[tuple[str, str]]) -> list[int | None]:
+    return await _FIND_CONVERSATIONS.scalar(connection, _key_columns(keys))
+
+
+def _key_columns(keys: list[tuple[str, str]]) -> dict[str, Any]:
+    return {
+        "account_ids": [account_id for account_id, _ in keys],
+        "participant_keys": [key for _, key in keys],
+        "separator": PARTICIPANT_SEPARATOR,
+    }
+
+
+def _columns(rows: list[dict[str, Any]], names: Sequence[str] | None = None) -> dict[str, list[Any]]:
+    """Rows as the parallel arrays that an unnest() in the statement turns back into rows."""
+    return {name: [row[name] for row in rows] for name in (names or rows[0])}
+
+
+def _entry_of(event: MessageEvent) -> dict[str, Any]:
+    entry = {
+        "message_id": str(event.message_id),
+        "occurred_at": event.occurred_at,
+        "attempts": None,
+        "provider": None,
+        "provider_message_id": None,
+        "error": None,
+    }
+    match event:
+        case SendMessage():
+            return {**entry, "status": MessageStatus.QUEUED.value}
+        case MessageReceived():
+            return {
+                **entry,
+                "status": MessageStatus.RECEIVED.value,
+                "provider": event.provider,
+                "provider_message_id": event.provider_message_id,
+            }
+        case MessageStatusChanged():
+            return {
+                **entry,
+                "status": event.status.value,
+                "attempts": event.attempts,
+                "provider": event.provider,
+                "provider_message_id": event.provider_message_id,
+                "error": event.error,
+            }
+        case DeliveryReported():
+            raise ValueError("a receipt enters the history only once checked against its send")
+        case _:
+            assert_never(event)
+
+
+def _message_of(event: MessageEvent) -> dict[str, Any]:
+    """The message an event stores: a send (or a status, which carries its send) or a received one."""
+    match event:
+        case SendMessage():
+            return _message_row(event, event.account_id, Direction.OUTBOUND, event.content)
+        case MessageReceived():
+            return _message_row(event, event.account_id, Direction.INBOUND, event.content)
+        case MessageStatusChanged():
+            return _message_row(event, event.command.account_id, Direction.OUTBOUND, event.command.content)
+        case DeliveryReported():
+            raise ValueError("a receipt never stores a message")
+        case _:
+            assert_never(event)
+
+
+def _message_row(event: MessageEvent, account_id: Any, direction: Direction, content: MessageContent) -> dict[str, Any]:
+    return {
+        "id": str(event.message_id),
+        "account_id": str(account_id),
+        "participant_key": participant_key(participants_of(content)),
+        "direction": direction.value,
+        "type": content.channel.value,
+        "from_address": content.from_address,
+        "to_address": content.to_address,
+        "body": content.body,
+        "attachments": json.dumps(list(content.attachments)),
+        "timestamp": content.timestamp,
+    }
+
+
+def _receipt_of(event: DeliveryReported) -> dict[str, Any]:
+    return {
+        "message_id": str(event.message_id),
+        "status": event.status.value,
+        "channel": event.channel.value,
+        "provider": event.provider,
+        "provider_message_id": event.provider_message_id,
+        "occurred_at": event.occurred_at,
+        "error": event.error,
+    }
+
+
+def _first(column: sa.Column, order: tuple[Any, ...], *, present: bool = False) -> Any:
+    values = pg.array_agg(aggregate_order_by(column, *order))
+    return (values.filter(column.isnot(None)) if present else values)[1]
+
+
+def _derived_statuses() -> str:
+    """The status columns of the messages `:message_ids` as their history says, a row per message:
+    SQL to be used as a subquery."""
+    query = (
+        sa.select(
+            _history.c.message_id,
+            _first(_history.c.status, OUTCOME_FIRST).label("status"),
+            _first(_history.c.occurred_at, OUTCOME_FIRST).label("status_changed_at"),
+            sa.func.coalesce(_first(_history.c.attempts, OUTCOME_FIRST, present=True), 0).label("attempts"),
+            _first(_history.c.provider, SEND_FIRST, present=True).label("provider"),
+            _first(_history.c.provider_message_id, SEND_FIRST, present=True).label("provider_message_id"),
+            _first(_history.c.error, OUTCOME_FIRST).label("last_error"),
         )
+        .where(_history.c.message_id == sa.func.any(sa.literal_column("CAST(:message_ids AS uuid[])")))
+        .group_by(_history.c.message_id)
     )
-)
+    return str(query.compile(dialect=pg.dialect(), compile_kwargs={"literal_binds": True}))
 
 
-_LOCK_MESSAGE = sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(sa.bindparam("message_id"), 0))
-
+_DERIVED_STATUSES = _derived_statuses()
+# Derived from the message's history.
+_STATUS_COLUMNS = ("status", "status_changed_at", "attempts", "provider", "provider_message_id", "last_error")
 # Given by the event that stores the message.
-_CONTENT_COLUMNS = (
+_MESSAGE_COLUMNS = (
     "id",
     "conversation_id",
     "account_id",
@@ -182,136 +329,113 @@ _CONTENT_COLUMNS = (
     "attachments",
     "timestamp",
 )
-# Derived from the message's history.
-_STATUS_COLUMNS = ("status", "status_changed_at", "attempts", "provider", "provider_message_id", "last_error")
+_MESSAGE_TYPES = ("uuid", "bigint", "uuid", "text", "text", "text", "text", "text", "jsonb", "timestamptz")
 
 
-def _first(column: sa.Column, order: tuple[Any, ...], *, present: bool = False) -> Any:
-    values = pg.array_agg(aggregate_order_by(column, *order))
-    return (values.filter(column.isnot(None)) if present else values)[1]
+def _unnest(columns: Sequence[str], types: Sequence[str]) -> str:
+    return ", ".join(f"CAST(:{name} AS {type_}[])" for name, type_ in zip(columns, types, strict=True))
 
 
-def _derived_status(message_id: sa.sql.expression.BindParameter) -> sa.sql.Subquery:
-    """The message's status columns as its history says; an aggregate, so always one row."""
-    return (
-        sa.select(
-            _first(_history.c.status, OUTCOME_FIRST).label("status"),
-            _first(_history.c.occurred_at, OUTCOME_FIRST).label("status_changed_at"),
-            sa.func.coalesce(_first(_history.c.attempts, OUTCOME_FIRST, present=True), 0).label("attempts"),
-            _first(_history.c.provider, SEND_FIRST, present=True).label("provider"),
-            _first(_history.c.provider_message_id, SEND_FIRST, present=True).label("provider_message_id"),
-            _first(_history.c.error, OUTCOME_FIRST).label("last_error"),
-        )
-        .where(_history.c.message_id == message_id)
-        .subquery("derived")
+# The lock every writer of a message takes first. The whole batch's in one statement, the ids sorted
+# by the caller: unnest() yields them in that order.
+_LOCK_MESSAGES = Compiled.of(
+    sa.text(
+        "SELECT count(pg_advisory_xact_lock(hashtextextended(id, 0))) FROM unnest(CAST(:message_ids AS text[])) AS id"
     )
-
-
-def _record_entry_statement() -> sa.sql.Insert:
-    """Take the message's lock, then add the entry unless its status is recorded; returns it if added.
-
-    The lock is taken in the same statement, before the insert: everything this transaction then
-    reads of the message comes after any other writer of it committed.
-    """
-    locked = sa.select(_LOCK_MESSAGE.label("locked")).subquery("locked")
-    names = ("message_id", "status", "occurred_at", "attempts", "provider", "provider_message_id", "error")
-    entry = sa.select(*(sa.cast(sa.bindparam(name), _history.c[name].type) for name in names)).select_from(locked)
-    return pg.insert(_history).from_select(list(names), entry).on_conflict_do_nothing().returning(_history.c.message_id)
-
-
-def _create_conversation_statement() -> sa.sql.Select:
-    """The new conversation's id, its participants inserted by the same statement.
-
-    ON CONFLICT keeps it safe even against a writer that skipped the lock: it then returns the row
-    the other one committed.
-    """
-    insert = pg.insert(conversations).values(
-        account_id=sa.bindparam("account_id", type_=pg.UUID),
-        participant_key=sa.bindparam("participant_key"),
-        last_message_at=sa.bindparam("last_message_at"),
+)
+_ENTRY_COLUMNS = ("message_id", "status", "occurred_at", "attempts", "provider", "provider_message_id", "error")
+_ENTRY_TYPES = ("uuid", "text", "timestamptz", "integer", "text", "text", "text")
+# An entry whose status the message has already recorded is a replay: it adds nothing. Returns the
+# ids of the messages whose entry was added, NULL if none was.
+_ADD_ENTRIES = Compiled.of(
+    sa.text(
+        f"WITH added AS (INSERT INTO message_status_history ({', '.join(_ENTRY_COLUMNS)}) "
+        f"SELECT * FROM unnest({_unnest(_ENTRY_COLUMNS, _ENTRY_TYPES)}) "
+        "ON CONFLICT DO NOTHING RETURNING message_id) "
+        "SELECT array_agg(CAST(message_id AS text)) FROM added"
     )
-    created = (
-        insert.on_conflict_do_update(
-            index_elements=[conversations.c.account_id, conversations.c.participant_key],
-            set_={"participant_key": insert.excluded.participant_key},
-        )
-        .returning(conversations.c.id)
-        .cte("created")
+)
+# `updated_at` moves only if something visible changed (an entry that ranks below the status changes
+# nothing). Returns the ids of the messages stored, NULL if none is.
+_REFRESH_STATUSES = Compiled.of(
+    sa.text(
+        "WITH refreshed AS (UPDATE messages SET "
+        + ", ".join(f"{name} = derived.{name}" for name in _STATUS_COLUMNS)
+        + ", updated_at = CASE WHEN ("
+        + ", ".join(f"messages.{name}" for name in _STATUS_COLUMNS)
+        + ") IS DISTINCT FROM ("
+        + ", ".join(f"derived.{name}" for name in _STATUS_COLUMNS)
+        + ") THEN now() ELSE messages.updated_at END "
+        f"FROM ({_DERIVED_STATUSES}) AS derived WHERE messages.id = derived.message_id RETURNING messages.id) "
+        "SELECT array_agg(CAST(id AS text)) FROM refreshed"
     )
-    add_participants = (
-        pg.insert(conversation_participants)
-        .from_select(
-            ["conversation_id", "address"],
-            sa.select(created.c.id, sa.func.unnest(sa.bindparam("participants", type_=pg.ARRAY(sa.Text)))),
-        )
-        .on_conflict_do_nothing()
-        .cte("created_participants")
+)
+_KEYS = "unnest(CAST(:account_ids AS uuid[]), CAST(:participant_keys AS text[]))"
+# Each key's conversation id, or NULL, in the keys' order. Their rows are locked here, in id order,
+# as the batch will update them: two batches cannot each hold a row the other waits for.
+_FIND_CONVERSATIONS = Compiled.of(
+    sa.text(
+        f"SELECT array_agg(found.id ORDER BY keys.n) "
+        f"FROM {_KEYS} WITH ORDINALITY AS keys(account_id, participant_key, n) "
+        "LEFT JOIN (SELECT id, account_id, participant_key FROM conversations "
+        f"WHERE (account_id, participant_key) IN (SELECT * FROM {_KEYS}) ORDER BY id FOR NO KEY UPDATE) AS found "
+        "USING (account_id, participant_key)"
     )
-    return sa.select(created.c.id).add_cte(add_participants)
-
-
-def _insert_message_statement() -> sa.sql.Update:
-    """Insert the message, its status derived from its history, unless it is there; and only if it
-    was not, count it in its conversation.
-
-    An UPDATE ... FROM an empty CTE touches nothing, so a replayed event leaves the count, the
-    channels and the latest message alone. Returns the conversation's id when the message was new.
-    """
-    derived = _derived_status(sa.bindparam("id"))
-    # INSERT ... SELECT types its parameters as text: each is cast to its column's type.
-    row = sa.select(
-        *(sa.cast(sa.bindparam(name), messages.c[name].type) for name in _CONTENT_COLUMNS),
-        *(derived.c[name] for name in _STATUS_COLUMNS),
+)
+# Per account and participants: creators of one conversation take turns, of different ones do not.
+# The caller sorts the keys, so that two batches take them in one order.
+_LOCK_PARTICIPANT_KEYS = Compiled.of(
+    sa.text(
+        "SELECT count(pg_advisory_xact_lock("
+        "hashtextextended(CAST(account_id AS text) || :separator || participant_key, 0))) "
+        f"FROM {_KEYS} AS keys(account_id, participant_key)"
     )
-    inserted = (
-        pg.insert(messages)
-        .from_select([*_CONTENT_COLUMNS, *_STATUS_COLUMNS], row)
-        .on_conflict_do_nothing()
-        .returning(messages.c.id, messages.c.conversation_id, messages.c.type, messages.c.timestamp)
-        .cte("inserted_message")
+)
+# The new conversations' ids, in the keys' order (which is the ids' order too), their participants
+# inserted by the same statement. ON CONFLICT keeps it safe even against a writer that skipped the
+# lock: it then returns the row the other one committed.
+_CREATE_CONVERSATIONS = Compiled.of(
+    sa.text(
+        "WITH new AS (SELECT * FROM unnest(CAST(:account_ids AS uuid[]), CAST(:participant_keys AS text[]), "
+        "CAST(:last_message_ats AS timestamptz[])) "
+        "WITH ORDINALITY AS new(account_id, participant_key, last_message_at, n)), "
+        "created AS (INSERT INTO conversations (account_id, participant_key, last_message_at) "
+        "SELECT account_id, participant_key, last_message_at FROM new ORDER BY n "
+        "ON CONFLICT (account_id, participant_key) DO UPDATE SET participant_key = excluded.participant_key "
+        "RETURNING id, account_id, participant_key), "
+        "participants AS (INSERT INTO conversation_participants (conversation_id, address) "
+        "SELECT id, unnest(string_to_array(participant_key, :separator)) FROM created ON CONFLICT DO NOTHING) "
+        "SELECT array_agg(created.id ORDER BY new.n) FROM new JOIN created USING (account_id, participant_key)"
     )
-    return (
-        conversations.update()
-        .where(conversations.c.id == inserted.c.conversation_id)
-        .values(
-            message_count=conversations.c.message_count + 1,
-            channels=sa.case(
-                (conversations.c.channels.any(inserted.c.type), conversations.c.channels),
-                else_=sa.func.array_append(conversations.c.channels, inserted.c.type),
-            ),
-            last_message_id=sa.case(
-                (inserted.c.timestamp >= conversations.c.last_message_at, inserted.c.id),
-                else_=conversations.c.last_message_id,
-            ),
-            last_message_at=sa.func.greatest(conversations.c.last_message_at, inserted.c.timestamp),
-            updated_at=sa.func.now(),
-        )
-        .returning(conversations.c.id)
+)
+# Insert the messages, their status derived from their history, unless they are there; and count the
+# ones that were not in their conversations, once per conversation: the count, the channels (in the
+# order they first came) and the latest message (of the latest timestamp; of equal ones, the last
+# stored). Messages go in in the batch's order, so that `seq` orders equal timestamps by arrival.
+# Returns the ids of the messages inserted, NULL if none was.
+_INSERT_MESSAGES = Compiled.of(
+    sa.text(
+        f"WITH batch AS (SELECT * FROM unnest({_unnest(_MESSAGE_COLUMNS, _MESSAGE_TYPES)}) "
+        f"WITH ORDINALITY AS batch({', '.join(_MESSAGE_COLUMNS)}, n)), "
+        f"inserted AS (INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)}, {', '.join(_STATUS_COLUMNS)}) "
+        f"SELECT {', '.join(f'batch.{name}' for name in _MESSAGE_COLUMNS)}, "
+        f"{', '.join(f'derived.{name}' for name in _STATUS_COLUMNS)} "
+        f"FROM batch JOIN ({_DERIVED_STATUSES}) AS derived ON derived.message_id = batch.id ORDER BY batch.n "
+        'ON CONFLICT DO NOTHING RETURNING id, conversation_id, type, "timestamp", seq), '
+        "counted AS (SELECT conversation_id, count(*) AS added, "
+        '(array_agg(id ORDER BY "timestamp" DESC, seq DESC))[1] AS latest_id, max("timestamp") AS latest_at, '
+        "array_agg(type ORDER BY seq) AS types FROM inserted GROUP BY conversation_id), "
+        "updated AS (UPDATE conversations SET message_count = conversations.message_count + counted.added, "
+        "channels = conversations.channels || ARRAY(SELECT type "
+        "FROM unnest(counted.types) WITH ORDINALITY AS t(type, n) "
+        "WHERE NOT type = ANY(conversations.channels) GROUP BY type ORDER BY min(n)), "
+        "last_message_id = CASE WHEN counted.latest_at >= conversations.last_message_at THEN counted.latest_id "
+        "ELSE conversations.last_message_id END, "
+        "last_message_at = GREATEST(conversations.last_message_at, counted.latest_at), updated_at = now() "
+        "FROM counted WHERE conversations.id = counted.conversation_id) "
+        "SELECT array_agg(CAST(id AS text)) FROM inserted"
     )
-
-
-def _refresh_status_statement() -> sa.sql.Update:
-    """Derive the stored message's status columns from its history again; returns its id if it is stored.
-
-    `updated_at` moves only if something visible changed (an entry that ranks below the status
-    changes nothing).
-    """
-    derived = _derived_status(sa.bindparam("message_id"))
-    changed = sa.tuple_(*(messages.c[name] for name in _STATUS_COLUMNS)).is_distinct_from(
-        sa.tuple_(*(derived.c[name] for name in _STATUS_COLUMNS))
-    )
-    return (
-        messages.update()
-        # Naming `derived` here is also what puts it in the UPDATE's FROM.
-        .where(messages.c.id == sa.bindparam("message_id"), derived.c.status.isnot(None))
-        .values(
-            {
-                **{name: derived.c[name] for name in _STATUS_COLUMNS},
-                "updated_at": sa.case((changed, sa.func.now()), else_=messages.c.updated_at),
-            }
-        )
-        .returning(messages.c.id)
-    )
+)
 
 
 # Which channels' messages a receipt of each channel can be about: Twilio's callback does not say MMS.
@@ -321,8 +445,6 @@ _RECEIPT_CHANNELS = {
     Channel.EMAIL.value: {Channel.EMAIL.value},
 }
 
-_RECORD_ENTRY = Compiled.of(_record_entry_statement())
-_LOCK_MESSAGE_ALONE = Compiled.of(sa.select(_LOCK_MESSAGE))
 _SEND_OF = Compiled.of(
     sa.text(
         "SELECT m.direction, m.type, m.status, s.provider AS sent_provider, "
@@ -339,7 +461,10 @@ _PARK_RECEIPT = Compiled.of(
     )
 )
 _TAKE_PENDING_RECEIPTS = Compiled.of(
-    sa.text(f"DELETE FROM pending_receipts WHERE message_id = CAST(:message_id AS uuid) RETURNING {_RECEIPT_COLUMNS}")
+    sa.text(
+        "DELETE FROM pending_receipts WHERE message_id = ANY(CAST(:message_ids AS uuid[])) "
+        f"RETURNING {_RECEIPT_COLUMNS}"
+    )
 )
 _EXPIRE_PENDING_RECEIPTS = Compiled.of(
     sa.text(
@@ -357,82 +482,13 @@ _RECORD_RECEIPT_ENTRY = Compiled.of(
         ":provider, :provider_message_id, :error) ON CONFLICT DO NOTHING RETURNING message_id"
     )
 )
-_CREATE_CONVERSATION = Compiled.of(_create_conversation_statement())
-_INSERT_MESSAGE = Compiled.of(_insert_message_statement())
-_REFRESH_STATUS = Compiled.of(_refresh_status_statement())
-
-
-def _history_entry(
-    message_id: uuid.UUID,
-    status: MessageStatus,
-    occurred_at: datetime,
-    *,
-    attempts: int | None = None,
-    provider: str | None = None,
-    provider_message_id: str | None = None,
-    error: str | None = None,
-) -> dict[str, Any]:
-    return {
-        "message_id": str(message_id),
-        "status": status.value,
-        "occurred_at": occurred_at,
-        "attempts": attempts,
-        "provider": provider,
-        "provider_message_id": provider_message_id,
-        "error": error,
-    }
-
-
-def _message_params(
-    message_id: uuid.UUID, account_id: uuid.UUID, direction: Direction, content: MessageContent
-) -> dict[str, Any]:
-    return {
-        "id": str(message_id),
-        "account_id": str(account_id),
-        "direction": direction.value,
-        "type": content.channel.value,
-        "from_address": content.from_address,
-        "to_address": content.to_address,
-        "body": content.body,
-        "attachments": Json(list(content.attachments)),
-        "timestamp": content.timestamp,
-    }
-
-
-async def _record_message(
-    connection: SAConnection, entry: dict[str, Any], content: MessageContent, message: dict[str, Any]
-) -> WriteOutcome:
-    """A send or a received message: its entry, then the message, which is most likely new."""
-    if await _RECORD_ENTRY.scalar(connection, entry) is None:
-        return WriteOutcome.REPLAYED
-    await _store_message(connection, content, message)
-    return WriteOutcome.CHANGED
-
-
-async def _record_status(
-    connection: SAConnection,
-    entry: dict[str, Any],
-    content: MessageContent,
-    message: dict[str, Any],
-    receipt_clock_skew_seconds: float,
-) -> WriteOutcome:
-    """A channel service's outcome: its message is most likely stored, but when this event overtook
-    the send it carries, the message is stored from it. Receipts that came before it, waiting for the
-    send's answer to be checked against, are settled now."""
-    if await _RECORD_ENTRY.scalar(connection, entry) is None:
-        return WriteOutcome.REPLAYED
-    if await _refresh_status(connection, entry["message_id"]) is None:
-        await _store_message(connection, content, message)
-    for receipt in await _TAKE_PENDING_RECEIPTS.execute(connection, {"message_id": entry["message_id"]}):
-        await _settle_receipt(connection, dict(receipt), receipt_clock_skew_seconds)
-    return WriteOutcome.CHANGED
 
 
 async def _record_receipt(
     connection: SAConnection, receipt: dict[str, Any], receipt_clock_skew_seconds: float
 ) -> WriteOutcome:
-    """A receipt applies only to the send it reports on: until that send's answer is stored, it waits."""
-    await _LOCK_MESSAGE_ALONE.scalar(connection, {"message_id": receipt["message_id"]})
+    """A receipt applies only to the send it reports on: until that send's answer is stored, it waits.
+    Takes the message's lock being held."""
     outcome = await _settle_receipt(connection, receipt, receipt_clock_skew_seconds)
     if outcome is not WriteOutcome.AWAITING_MESSAGE:
         return outcome
@@ -465,7 +521,7 @@ async def _settle_receipt(
     entry = {**receipt, "sent_at": send.sent_at, "skew": receipt_clock_skew_seconds}
     if await _RECORD_RECEIPT_ENTRY.scalar(connection, entry) is None:
         return WriteOutcome.REPLAYED
-    await _refresh_status(connection, receipt["message_id"])
+    await _refresh_statuses(connection, [str(receipt["message_id"])])
     return WriteOutcome.CHANGED
 
 
@@ -484,35 +540,3 @@ def _receipt_misfit(send: RowProxy, receipt: dict[str, Any]) -> str | None:
     if provider_id != sent_id and not provider_id.startswith(f"{sent_id}."):
         return f"its provider id {provider_id!r} is not the send's {sent_id!r}"
     return None
-
-
-async def _store_message(connection: SAConnection, content: MessageContent, message: dict[str, Any]) -> None:
-    conversation_id = await _find_or_create_conversation(connection, message["account_id"], content)
-    if await _INSERT_MESSAGE.scalar(connection, {**message, "conversation_id": conversation_id}) is None:
-        # The message was there after all: committed, since this transaction last looked, by a
-        # writer that skipped the message lock. This statement's fresh snapshot sees it.
-        await _refresh_status(connection, message["id"])
-
-
-async def _refresh_status(connection: SAConnection, message_id: str) -> uuid.UUID | None:
-    return await _REFRESH_STATUS.scalar(connection, {"message_id": message_id})
-
-
-async def _find_or_create_conversation(connection: SAConnection, account_id: str, content: MessageContent) -> int:
-    """Conversations group by participants within their account: the same two addresses in two
-    accounts are two conversations."""
-    participants = participants_of(content)
-    key = {"account_id": account_id, "participant_key": participant_key(participants)}
-    conversation_id = await _FIND_CONVERSATION.scalar(connection, key)
-    if conversation_id is not None:
-        return conversation_id
-    # An INSERT draws its id from the sequence even when it then hits ON CONFLICT, so two writers
-    # racing to create one conversation (a send and its status, typically) would leave a gap in the
-    # ids clients see. Creators of one key take turns instead, and look again once it is theirs.
-    await _LOCK_PARTICIPANT_KEY.scalar(connection, key)
-    conversation_id = await _FIND_CONVERSATION.scalar(connection, key)
-    if conversation_id is not None:
-        return conversation_id
-    return await _CREATE_CONVERSATION.scalar(
-        connection, {**key, "participants": participants, "last_message_at": content.timestamp}
-    )

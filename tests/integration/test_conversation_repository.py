@@ -766,3 +766,83 @@ async def test_another_accounts_conversation_and_message_are_not_found_nor_liste
     # The owner still reads them.
     assert (await repository.get_message(acme, theirs.message_id)).id == theirs.message_id
     assert len((await repository.list_messages(acme, 1, limit=10)).items) == 1
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(["queued", "sent", "delivered"])), ids="-".join)
+async def test_a_messages_events_in_one_batch_end_as_if_written_one_after_the_other(
+    repository: MessageRepository, engine: Engine, order: tuple[str, ...]
+) -> None:
+    command = send_message()
+    events = lifecycle(command)
+    other = send_message(to_address="+13125550000")
+
+    outcomes = await repository.store_batch([events[name] for name in order] + [other])
+
+    expected = {name: WriteOutcome.CHANGED for name in order}
+    if order.index("delivered") < order.index("sent"):
+        expected["delivered"] = WriteOutcome.AWAITING_MESSAGE
+    assert outcomes == [expected[name] for name in order] + [WriteOutcome.CHANGED]
+    message = await repository.get_message(DEVELOPMENT_ACCOUNT_ID, command.message_id)
+    assert (message.status, message.attempts, message.provider_message_id) == ("delivered", 2, "SM42")
+    assert [change.status for change in message.history] == ["queued", "sent", "delivered"]
+    assert await rows(engine, pending_receipts) == []
+    assert [(row["id"], row["message_count"]) for row in await rows(engine, conversations, conversations.c.id)] == [
+        (1, 1),
+        (2, 1),
+    ]
+
+
+async def test_a_batch_counts_each_conversation_once_and_numbers_new_ones_in_arrival_order(
+    repository: MessageRepository, engine: Engine
+) -> None:
+    await repository.store_outbound(send_message(at=START + timedelta(minutes=10), body="already there"))
+    partners = [f"+1312555{i:04d}" for i in range(3)]
+    batch: list[MessageEvent] = [
+        send_message(Channel.MMS, at=START, body="older, into conversation 1"),
+        send_message(to_address=partners[0], at=START + timedelta(minutes=1)),
+        message_received(provider_message_id="reply", at=START + timedelta(minutes=10)),
+        send_message(to_address=partners[1], at=START),
+        send_message(Channel.MMS, to_address=partners[0], at=START + timedelta(minutes=1)),
+        send_message(to_address=partners[2], at=START),
+    ]
+
+    assert await repository.store_batch(batch) == [WriteOutcome.CHANGED] * 6
+    assert await repository.store_batch(batch) == [WriteOutcome.REPLAYED] * 6
+
+    stored = await rows(engine, conversations, conversations.c.id)
+    # The channels in the order they first came, as when written one by one.
+    assert [(row["id"], row["channels"], row["message_count"]) for row in stored] == [
+        (1, ["sms", "mms"], 3),
+        (2, ["sms", "mms"], 2),
+        (3, ["sms"], 1),
+        (4, ["sms"], 1),
+    ]
+    assert [row["participant_key"].split("\n")[-1] for row in stored[1:]] == partners
+    # Of equal timestamps the last stored is the latest, as when written one by one.
+    assert (stored[0]["last_message_id"], stored[1]["last_message_id"]) == (batch[2].message_id, batch[4].message_id)
+    messages_of_2 = (await repository.list_messages(DEVELOPMENT_ACCOUNT_ID, 2, limit=10)).items
+    assert [m.id for m in messages_of_2] == [batch[1].message_id, batch[4].message_id]
+
+
+async def test_replicas_writing_overlapping_batches_make_one_conversation_per_participant_set_without_gaps(
+    engine: Engine, database_url: str
+) -> None:
+    async with create_engine(database_url, maxsize=5) as other_engine:
+        replicas = [
+            MessageRepository(engine, retry_max_interval=0.1),
+            MessageRepository(other_engine, retry_max_interval=0.1),
+        ]
+        partners = [f"+1312555{i:04d}" for i in range(12)]
+        for round_ in range(3):
+            sends = [send_message(to_address=partner, at=START + timedelta(minutes=round_)) for partner in partners]
+            statuses = [status_changed(command, provider_message_id=None) for command in sends]
+            # Each replica gets the other's events too, in another order: a send on one, its status on the other.
+            await asyncio.gather(
+                replicas[0].store_batch([*sends[::2], *statuses[1::2], *reversed(sends[6:])]),
+                replicas[1].store_batch([*reversed(statuses), *sends[1::2]]),
+            )
+
+    stored = await rows(engine, conversations, conversations.c.id)
+    assert [row["id"] for row in stored] == list(range(1, 13))
+    assert {row["message_count"] for row in stored} == {3}
+    assert {row["status"] for row in await rows(engine, messages)} == {"sent"}
