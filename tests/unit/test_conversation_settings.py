@@ -29,6 +29,12 @@ def test_a_default_page_larger_than_the_maximum_is_refused() -> None:
         ConversationSettings(default_page_size=300, max_page_size=200)
 
 
+def test_a_write_batch_larger_than_the_deliveries_in_hand_is_refused() -> None:
+    # It could never fill: every batch would wait out its whole wait.
+    with pytest.raises(ValidationError, match="WRITE_BATCH_SIZE must not exceed CONSUMER_PREFETCH"):
+        ConversationSettings(write_batch_size=64, consumer_prefetch=32)
+
+
 def test_the_migrations_owner_and_runtime_role_must_share_one_database() -> None:
     with pytest.raises(ValidationError, match="must name the same database"):
         MigrationSettings(
