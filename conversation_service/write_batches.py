@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
 
 from common.contracts import MessageEvent
 from common.metrics import Metrics
@@ -120,7 +119,7 @@ def _settle(outcome: "asyncio.Future[WriteOutcome]", result: WriteOutcome | Base
         outcome.set_result(result)
 
 
-@asynccontextmanager
+@contextlib.asynccontextmanager
 async def running(batches: WriteBatches, grace_seconds: float) -> AsyncIterator[WriteBatches]:
     """`batches` written for the block's length; on leaving, what they hold gets `grace_seconds` to
     be written (a database outage could hold it for ever), then is given up unwritten: unacked, so the
