@@ -11,9 +11,9 @@ from pydantic import BaseModel
 
 from common import context
 from common.accounts import ACCOUNT_HEADER
+from common.conversations import ConversationList, ConversationPath, MessageList, MessagePath, PageQuery
 from common.errors import InvalidRequest
 from common.http import request_validation
-from conversation_service.models import ConversationList, ConversationPath, MessageList, MessagePath, PageQuery
 from conversation_service.repository import MessageRepository
 from conversation_service.settings import ConversationSettings
 

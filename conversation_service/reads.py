@@ -2,14 +2,16 @@
 look exactly like ids that do not exist."""
 
 import uuid
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import sqlalchemy as sa
 from aiopg.sa import SAConnection
 from aiopg.sa.result import RowProxy
 
+from common.conversations import ConversationView, MessageDetail, MessageView, StatusChange
 from common.errors import NotFound
 from conversation_service.database import Database, fetch_all
-from conversation_service.models import ConversationView, MessageDetail, MessageView, Page, StatusChange
 from conversation_service.pagination import (
     ConversationPosition,
     MessagePosition,
@@ -24,8 +26,16 @@ from conversation_service.schema import (
     messages,
 )
 
+ItemT = TypeVar("ItemT")
+
 _last_message = messages.alias("last_message")
 _history = message_status_history
+
+
+@dataclass(frozen=True)
+class Page(Generic[ItemT]):
+    items: list[ItemT]
+    next_cursor: str | None
 
 
 class MessageReader:

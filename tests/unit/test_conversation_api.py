@@ -9,9 +9,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from common.accounts import ACCOUNT_HEADER
+from common.conversations import ConversationView, MessageDetail, MessageView, StatusChange
 from common.errors import NotFound
 from conversation_service.app import create_app
-from conversation_service.models import ConversationView, MessageDetail, MessageView, Page, StatusChange
+from conversation_service.reads import Page
 from conversation_service.settings import ConversationSettings
 
 # The database may answer in any session time zone; clients must still see UTC with a Z.
