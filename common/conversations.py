@@ -33,8 +33,9 @@ class MessageView(BaseModel):
     conversation_id: int
     direction: Direction
     type: Channel
-    from_address: str = Field(serialization_alias="from")
-    to_address: str = Field(serialization_alias="to")
+    # Under the alias both ways, so that a body clients get reads back into this model.
+    from_address: str = Field(alias="from")
+    to_address: str = Field(alias="to")
     body: str
     attachments: list[str]
     status: MessageStatus
