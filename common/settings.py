@@ -178,6 +178,22 @@ class ServiceTokenSettings(BaseSettings):
     )
 
 
+class PageSettings(BaseSettings):
+    """The read API's page sizes: conversation_service enforces them and the gateway documents them in
+    its OpenAPI description, each from its own environment, so both read the same variables."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    default_page_size: int = Field(50, ge=1, description="Page size of a list read that names no `limit`")
+    max_page_size: int = Field(200, ge=1, description="Largest `limit` a list read accepts")
+
+    @model_validator(mode="after")
+    def default_page_fits(self) -> Self:
+        if self.default_page_size > self.max_page_size:
+            raise ValueError("default_page_size must not exceed max_page_size")
+        return self
+
+
 def load_settings(kind: type[SettingsT]) -> SettingsT:
     """A process's settings from its environment and `.env`; invalid ones end the process, naming each."""
     try:

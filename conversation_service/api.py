@@ -1,4 +1,4 @@
-"""The read API: validate the path and query, ask the repository, answer JSON. Errors are raised.
+"""The read API: validate the path and query, ask the repository, answer the JSON it wrote. Errors are raised.
 
 Every read acts for the account the gateway names in `X-Account-ID`, having checked the caller's
 key: the repository shows it only that account's conversations and messages.
@@ -7,13 +7,12 @@ key: the repository shows it only that account's conversations and messages.
 import uuid
 
 from aiohttp import web
-from pydantic import BaseModel
 
 from common import context
 from common.accounts import ACCOUNT_HEADER
+from common.conversations import ConversationPath, MessagePath, PageQuery
 from common.errors import InvalidRequest
 from common.http import request_validation
-from conversation_service.models import ConversationList, ConversationPath, MessageList, MessagePath, PageQuery
 from conversation_service.repository import MessageRepository
 from conversation_service.settings import ConversationSettings
 
@@ -41,15 +40,14 @@ def _page(request: web.Request) -> tuple[int, str | None]:
     return query.limit or settings.default_page_size, query.cursor
 
 
-def _json(model: BaseModel) -> web.Response:
-    return web.json_response(text=model.model_dump_json(by_alias=True))
+def _json(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json")
 
 
 async def list_conversations(request: web.Request) -> web.Response:
     account = _account(request)
     limit, cursor = _page(request)
-    page = await request.app[REPOSITORY].list_conversations(account, limit, cursor)
-    return _json(ConversationList(conversations=page.items, next_cursor=page.next_cursor))
+    return _json(await request.app[REPOSITORY].list_conversations(account, limit, cursor))
 
 
 async def list_messages(request: web.Request) -> web.Response:
@@ -57,8 +55,7 @@ async def list_messages(request: web.Request) -> web.Response:
     with request_validation():
         path = ConversationPath.model_validate(request.match_info)
     limit, cursor = _page(request)
-    page = await request.app[REPOSITORY].list_messages(account, path.conversation_id, limit, cursor)
-    return _json(MessageList(conversation_id=path.conversation_id, messages=page.items, next_cursor=page.next_cursor))
+    return _json(await request.app[REPOSITORY].list_messages(account, path.conversation_id, limit, cursor))
 
 
 async def get_message(request: web.Request) -> web.Response:

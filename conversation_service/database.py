@@ -145,10 +145,10 @@ def _log_retry(state: RetryCallState) -> None:
 
 @dataclass(frozen=True)
 class Compiled:
-    """A write statement compiled once, at import.
+    """A statement compiled once, at import.
 
-    aiopg compiles a Core statement on every execution; for these per-message writes that costs more
-    CPU than PostgreSQL spends running them. The SQL text takes plain psycopg2 parameters: the
+    aiopg compiles a Core statement on every execution; for the per-message writes and the reads of
+    a page that costs more CPU than PostgreSQL spends running them. The SQL text takes plain psycopg2 parameters: the
     constants SQLAlchemy bound while building the statement, plus the caller's values, which are
     given in types psycopg2 adapts itself (UUIDs as text, JSON wrapped).
     """

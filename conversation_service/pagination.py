@@ -5,9 +5,8 @@ from typing import TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from common.conversations import MAX_BIGINT
 from common.errors import InvalidRequest
-
-MAX_BIGINT = 2**63 - 1
 
 PositionT = TypeVar("PositionT", bound="Position")
 

@@ -3,13 +3,18 @@ from typing import Self
 from pydantic import Field, model_validator
 from yarl import URL
 
-from common.settings import DatabaseSettings, ProcessSettings, ServiceSettings, ServiceTokenSettings, secret
+from common.settings import (
+    DatabaseSettings,
+    PageSettings,
+    ProcessSettings,
+    ServiceSettings,
+    ServiceTokenSettings,
+    secret,
+)
 
 
-class ConversationSettings(ServiceSettings, DatabaseSettings, ServiceTokenSettings):
+class ConversationSettings(ServiceSettings, DatabaseSettings, ServiceTokenSettings, PageSettings):
     conversation_service_port: int = 8083
-    default_page_size: int = Field(50, ge=1, description="Page size of a list read that names no `limit`")
-    max_page_size: int = Field(200, ge=1, description="Largest `limit` a list read accepts")
     database_retry_max_interval_seconds: float = Field(
         2.0,
         gt=0,
@@ -58,12 +63,6 @@ class ConversationSettings(ServiceSettings, DatabaseSettings, ServiceTokenSettin
     receipt_expiry_interval_seconds: float = Field(
         300.0, gt=0, description="How often receipts that waited past RECEIPT_WAIT_SECONDS are dropped"
     )
-
-    @model_validator(mode="after")
-    def default_page_fits(self) -> Self:
-        if self.default_page_size > self.max_page_size:
-            raise ValueError("default_page_size must not exceed max_page_size")
-        return self
 
     @model_validator(mode="after")
     def batch_fits_prefetch(self) -> Self:

@@ -1,8 +1,8 @@
 """The public API's OpenAPI 3.1 description, and a docs page that renders it.
 
 Every schema is derived from the model that validates a request or shapes an answer: the gateway's
-request models and AcceptedMessage, the read models of conversation_service (whose bodies the gateway
-relays verbatim), its path and query models, and the error body of common.http. Each operation's
+request models and AcceptedMessage, the read API's contract in common.conversations (whose bodies the
+gateway relays verbatim), its path and query models, and the error body of common.http. Each operation's
 security is what its route declared to the perimeter (gateway.auth), so the description cannot promise
 another scope than the one enforced. What is written here by hand is only what no model says: routes,
 status codes and prose. A unit test holds the described routes to the ones the app registers.
@@ -17,10 +17,7 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
 
 from common.accounts import Scope
-from common.http import ErrorBody
-from common.idempotency import MAX_IDEMPOTENCY_KEY_LENGTH
-from common.settings import Profile
-from conversation_service.models import (
+from common.conversations import (
     ConversationList,
     ConversationPath,
     MessageDetail,
@@ -28,7 +25,9 @@ from conversation_service.models import (
     MessagePath,
     PageQuery,
 )
-from conversation_service.settings import ConversationSettings
+from common.http import ErrorBody
+from common.idempotency import MAX_IDEMPOTENCY_KEY_LENGTH
+from common.settings import Profile
 from gateway.auth import CORRELATION_HEADER, OPEN, ROUTE_ACCESS, Access, add_route
 from gateway.handlers import AcceptedMessage
 from gateway.requests import (
@@ -262,13 +261,11 @@ def _health(summary: str, answers: JsonObject) -> JsonObject:
 
 def openapi_document(settings: GatewaySettings, route_access: dict[str, Access]) -> JsonObject:
     rules = settings.validation_rules
-    page = ConversationSettings.model_fields
     page_parameters = _parameters(
         PageQuery,
         "query",
         {
-            "limit": f"Page size: {page['default_page_size'].default} when absent, "
-            f"at most {page['max_page_size'].default} (as the conversation service is configured)",
+            "limit": f"Page size: {settings.default_page_size} when absent, at most {settings.max_page_size}",
             "cursor": "The previous page's `next_cursor`",
         },
     )

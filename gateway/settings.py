@@ -1,13 +1,13 @@
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import Field, field_validator
 
-from common.settings import ServiceSettings, ServiceTokenSettings, secret
+from common.settings import PageSettings, ServiceSettings, ServiceTokenSettings, secret
 from common.webhook_signing import DEVELOPMENT_EMAIL_WEBHOOK_SECRET, DEVELOPMENT_SMS_WEBHOOK_AUTH_TOKEN
 from gateway.requests import ValidationRules
 from gateway.signatures import load_public_key
 
 
-class GatewaySettings(ServiceSettings, ServiceTokenSettings):
+class GatewaySettings(ServiceSettings, ServiceTokenSettings, PageSettings):
     gateway_port: int = 8080
     conversation_service_url: str = Field(
         "http://127.0.0.1:8083", description="Where the read API is served; the gateway proxies reads to it"

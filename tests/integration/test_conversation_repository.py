@@ -2,10 +2,12 @@
 
 import asyncio
 import itertools
+import json
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import psycopg2
 import pytest
@@ -25,6 +27,7 @@ from common.contracts import (
     MessageStatusChanged,
     SendMessage,
 )
+from common.conversations import ConversationList, ConversationView, MessageDetail, MessageList, MessageView
 from common.errors import InvalidRequest, NotFound, ServiceUnavailable
 from conversation_service.handlers import WriteOutcome
 from conversation_service.migrate import create_roles_and_database, drop_database
@@ -50,6 +53,8 @@ from tests.factories import (
 )
 
 pytestmark = pytest.mark.integration
+
+ItemT = TypeVar("ItemT")
 
 
 @pytest.fixture
@@ -86,6 +91,31 @@ async def snapshot(engine: Engine) -> list[list[dict[str, Any]]]:
         await rows(engine, messages, messages.c.seq),
         await rows(engine, message_status_history, *message_status_history.primary_key),
     ]
+
+
+@dataclass(frozen=True)
+class Page(Generic[ItemT]):
+    items: list[ItemT]
+    next_cursor: str | None
+
+
+# The repository answers the JSON bodies clients get; these read them back through the contract.
+async def read_conversations(
+    repository: MessageRepository, account_id: uuid.UUID, **page: Any
+) -> Page[ConversationView]:
+    answer = ConversationList.model_validate_json(await repository.list_conversations(account_id, **page))
+    return Page(answer.conversations, answer.next_cursor)
+
+
+async def read_messages(
+    repository: MessageRepository, account_id: uuid.UUID, conversation_id: int, **page: Any
+) -> Page[MessageView]:
+    answer = MessageList.model_validate_json(await repository.list_messages(account_id, conversation_id, **page))
+    return Page(answer.messages, answer.next_cursor)
+
+
+async def read_message(repository: MessageRepository, account_id: uuid.UUID, message_id: uuid.UUID) -> MessageDetail:
+    return MessageDetail.model_validate_json(await repository.get_message(account_id, message_id))
 
 
 async def message_row(engine: Engine, message_id: uuid.UUID) -> dict[str, Any]:
@@ -155,7 +185,7 @@ async def test_both_directions_share_one_conversation_and_another_pair_gets_the_
     await repository.store_outbound(send_message(Channel.MMS, at=START + timedelta(minutes=2)))
     await repository.store_outbound(send_message(to_address="+13125550000", at=START + timedelta(minutes=3)))
 
-    page = await repository.list_conversations(DEVELOPMENT_ACCOUNT_ID, limit=10)
+    page = await read_conversations(repository, DEVELOPMENT_ACCOUNT_ID, limit=10)
 
     assert [(c.id, c.participants, c.channels, c.message_count) for c in page.items] == [
         (2, ["+12016661234", "+13125550000"], ["sms"], 1),
@@ -253,7 +283,7 @@ async def test_the_latest_message_is_the_one_with_the_latest_timestamp_not_the_l
     await repository.store_outbound(newer)
     await repository.store_outbound(send_message(at=START, body="older"))
 
-    (conversation,) = (await repository.list_conversations(DEVELOPMENT_ACCOUNT_ID, limit=10)).items
+    (conversation,) = (await read_conversations(repository, DEVELOPMENT_ACCOUNT_ID, limit=10)).items
 
     assert conversation.message_count == 2
     assert conversation.last_message is not None and conversation.last_message.id == newer.message_id
@@ -293,7 +323,7 @@ async def test_messages_page_through_oldest_first_each_exactly_once(repository: 
     cursor: str | None = None
     pages = 0
     while True:
-        page = await repository.list_messages(DEVELOPMENT_ACCOUNT_ID, 1, limit=3, cursor=cursor)
+        page = await read_messages(repository, DEVELOPMENT_ACCOUNT_ID, 1, limit=3, cursor=cursor)
         seen += [message.id for message in page.items]
         pages += 1
         if page.next_cursor is None:
@@ -314,9 +344,9 @@ async def test_conversations_page_through_latest_activity_first_each_exactly_onc
         # Two conversations share a latest time: the id orders them.
         await repository.store_outbound(send_message(to_address=partner, at=START + timedelta(minutes=min(i, 3))))
 
-    first = await repository.list_conversations(DEVELOPMENT_ACCOUNT_ID, limit=2)
-    second = await repository.list_conversations(DEVELOPMENT_ACCOUNT_ID, limit=2, cursor=first.next_cursor)
-    third = await repository.list_conversations(DEVELOPMENT_ACCOUNT_ID, limit=2, cursor=second.next_cursor)
+    first = await read_conversations(repository, DEVELOPMENT_ACCOUNT_ID, limit=2)
+    second = await read_conversations(repository, DEVELOPMENT_ACCOUNT_ID, limit=2, cursor=first.next_cursor)
+    third = await read_conversations(repository, DEVELOPMENT_ACCOUNT_ID, limit=2, cursor=second.next_cursor)
 
     assert [c.id for c in first.items + second.items + third.items] == [5, 4, 3, 2, 1]
     assert third.next_cursor is None
@@ -326,11 +356,11 @@ async def test_reading_what_is_not_there(repository: MessageRepository) -> None:
     await repository.store_outbound(send_message())
 
     with pytest.raises(NotFound):
-        await repository.list_messages(DEVELOPMENT_ACCOUNT_ID, 2, limit=10)
+        await read_messages(repository, DEVELOPMENT_ACCOUNT_ID, 2, limit=10)
     with pytest.raises(NotFound):
-        await repository.get_message(DEVELOPMENT_ACCOUNT_ID, uuid.uuid4())
+        await read_message(repository, DEVELOPMENT_ACCOUNT_ID, uuid.uuid4())
     with pytest.raises(InvalidRequest):
-        await repository.list_messages(DEVELOPMENT_ACCOUNT_ID, 1, limit=10, cursor="bogus")
+        await read_messages(repository, DEVELOPMENT_ACCOUNT_ID, 1, limit=10, cursor="bogus")
 
 
 def drop_connections_of(database_url: str) -> None:
@@ -354,7 +384,7 @@ async def test_a_write_survives_the_database_dropping_its_connections(
     command = send_message(at=START + timedelta(minutes=1))
     assert await repository.store_outbound(command) is WriteOutcome.CHANGED
 
-    assert (await repository.get_message(DEVELOPMENT_ACCOUNT_ID, command.message_id)).status == "queued"
+    assert (await read_message(repository, DEVELOPMENT_ACCOUNT_ID, command.message_id)).status == "queued"
 
 
 async def test_a_read_survives_the_database_dropping_its_connections(
@@ -364,7 +394,7 @@ async def test_a_read_survives_the_database_dropping_its_connections(
     await repository.store_outbound(command)
     drop_connections_of(database_url)
 
-    assert (await repository.get_message(DEVELOPMENT_ACCOUNT_ID, command.message_id)).id == command.message_id
+    assert (await read_message(repository, DEVELOPMENT_ACCOUNT_ID, command.message_id)).id == command.message_id
 
 
 async def test_a_database_that_stays_away_is_service_unavailable_for_reads_and_waited_out_by_writes(
@@ -384,7 +414,7 @@ async def test_a_database_that_stays_away_is_service_unavailable_for_reads_and_w
         drop_database(doomed)
 
         with pytest.raises(ServiceUnavailable):
-            await repository.list_conversations(DEVELOPMENT_ACCOUNT_ID, limit=10)
+            await read_conversations(repository, DEVELOPMENT_ACCOUNT_ID, limit=10)
         # The consumer holds the message unacked meanwhile: a nack would count toward the queue's
         # delivery limit, and a long outage would dead-letter good events.
         write = asyncio.create_task(repository.store_outbound(send_message()))
@@ -476,7 +506,7 @@ async def test_every_arrival_order_ends_delivered_with_the_full_history(
     if order.index("delivered") < order.index("sent"):
         expected["delivered"] = WriteOutcome.AWAITING_MESSAGE
     assert outcomes == [expected[name] for name in order]
-    message = await repository.get_message(DEVELOPMENT_ACCOUNT_ID, command.message_id)
+    message = await read_message(repository, DEVELOPMENT_ACCOUNT_ID, command.message_id)
     assert (message.status, message.attempts, message.provider, message.provider_message_id, message.last_error) == (
         "delivered",
         2,
@@ -508,7 +538,7 @@ async def test_a_receipt_for_a_message_never_stored_waits_apart_and_expires(
     (waiting,) = await rows(engine, pending_receipts)
     assert (waiting["message_id"], waiting["status"], waiting["error"]) == (receipt.message_id, "failed", "error 30003")
     with pytest.raises(NotFound):
-        await repository.get_message(DEVELOPMENT_ACCOUNT_ID, receipt.message_id)
+        await read_message(repository, DEVELOPMENT_ACCOUNT_ID, receipt.message_id)
 
     assert await repository.expire_pending_receipts(older_than_seconds=3600) == 0
     assert await repository.expire_pending_receipts(older_than_seconds=0) == 1
@@ -611,7 +641,7 @@ async def _sent(repository: MessageRepository, command: SendMessage, provider_me
 async def _history(repository: MessageRepository, message_id: uuid.UUID) -> list[tuple[str, datetime]]:
     return [
         (change.status, change.at)
-        for change in (await repository.get_message(DEVELOPMENT_ACCOUNT_ID, message_id)).history
+        for change in (await read_message(repository, DEVELOPMENT_ACCOUNT_ID, message_id)).history
     ]
 
 
@@ -621,14 +651,14 @@ async def test_a_forged_bounce_dated_1970_leaves_a_delivered_email_as_it_was(
     command = send_message(Channel.EMAIL)
     await _sent(repository, command, "x-message-id-1")
     await repository.store_receipt(delivery_reported(command, provider_message_id="x-message-id-1.filter0001"))
-    before = await repository.get_message(DEVELOPMENT_ACCOUNT_ID, command.message_id)
+    before = await read_message(repository, DEVELOPMENT_ACCOUNT_ID, command.message_id)
     forged = delivery_reported(command, MessageStatus.FAILED, provider_message_id="x", error="forged").model_copy(
         update={"occurred_at": datetime(1970, 1, 1, tzinfo=UTC)}
     )
 
     assert await repository.store_receipt(forged) is WriteOutcome.REJECTED
 
-    assert await repository.get_message(DEVELOPMENT_ACCOUNT_ID, command.message_id) == before
+    assert await read_message(repository, DEVELOPMENT_ACCOUNT_ID, command.message_id) == before
     assert before.status == "delivered"
 
 
@@ -650,7 +680,7 @@ async def test_a_receipt_that_does_not_fit_its_send_changes_nothing(
 ) -> None:
     command = send_message(channel)
     await _sent(repository, command)
-    before = await repository.get_message(DEVELOPMENT_ACCOUNT_ID, command.message_id)
+    before = await read_message(repository, DEVELOPMENT_ACCOUNT_ID, command.message_id)
     receipt = delivery_reported(command, MessageStatus.FAILED, provider_message_id=provider_message_id)
     receipt = receipt.model_copy(
         update={
@@ -661,13 +691,13 @@ async def test_a_receipt_that_does_not_fit_its_send_changes_nothing(
 
     assert await repository.store_receipt(receipt) is WriteOutcome.REJECTED, why
 
-    assert await repository.get_message(DEVELOPMENT_ACCOUNT_ID, command.message_id) == before
+    assert await read_message(repository, DEVELOPMENT_ACCOUNT_ID, command.message_id) == before
 
 
 async def test_a_receipt_naming_a_message_we_received_changes_nothing(repository: MessageRepository) -> None:
     inbound = message_received(provider_message_id="SM42")
     await repository.store_inbound(inbound)
-    before = await repository.get_message(DEVELOPMENT_ACCOUNT_ID, inbound.message_id)
+    before = await read_message(repository, DEVELOPMENT_ACCOUNT_ID, inbound.message_id)
     receipt = DeliveryReported(
         message_id=inbound.message_id,
         correlation_id=uuid.uuid4(),
@@ -680,7 +710,7 @@ async def test_a_receipt_naming_a_message_we_received_changes_nothing(repository
 
     assert await repository.store_receipt(receipt) is WriteOutcome.REJECTED
 
-    assert await repository.get_message(DEVELOPMENT_ACCOUNT_ID, inbound.message_id) == before
+    assert await read_message(repository, DEVELOPMENT_ACCOUNT_ID, inbound.message_id) == before
 
 
 async def test_a_receipt_that_waited_is_checked_when_the_send_comes_and_dropped_if_it_does_not_fit(
@@ -692,7 +722,7 @@ async def test_a_receipt_that_waited_is_checked_when_the_send_comes_and_dropped_
 
     await _sent(repository, command)
 
-    message = await repository.get_message(DEVELOPMENT_ACCOUNT_ID, command.message_id)
+    message = await read_message(repository, DEVELOPMENT_ACCOUNT_ID, command.message_id)
     assert (message.status, [change.status for change in message.history]) == ("sent", ["queued", "sent"])
     assert await rows(engine, pending_receipts) == []
 
@@ -735,13 +765,13 @@ async def test_the_same_participants_in_two_accounts_are_two_conversations(
     for event in (ours, theirs, reply, overtaking):
         await store(repository, event)
 
-    (our_conversation,) = (await repository.list_conversations(DEVELOPMENT_ACCOUNT_ID, limit=10)).items
-    (their_conversation,) = (await repository.list_conversations(acme, limit=10)).items
+    (our_conversation,) = (await read_conversations(repository, DEVELOPMENT_ACCOUNT_ID, limit=10)).items
+    (their_conversation,) = (await read_conversations(repository, acme, limit=10)).items
 
     assert (our_conversation.id, our_conversation.message_count) == (1, 1)
     assert (their_conversation.id, their_conversation.message_count) == (2, 3)
     assert our_conversation.participants == their_conversation.participants
-    their_messages = (await repository.list_messages(acme, 2, limit=10)).items
+    their_messages = (await read_messages(repository, acme, 2, limit=10)).items
     assert {message.id for message in their_messages} == {theirs.message_id, reply.message_id, overtaking.message_id}
 
 
@@ -752,20 +782,55 @@ async def test_another_accounts_conversation_and_message_are_not_found_nor_liste
     await repository.store_outbound(theirs)
     missing = uuid.uuid4()
 
-    assert (await repository.list_conversations(DEVELOPMENT_ACCOUNT_ID, limit=10)).items == []
+    assert (await read_conversations(repository, DEVELOPMENT_ACCOUNT_ID, limit=10)).items == []
     with pytest.raises(NotFound) as not_theirs:
-        await repository.list_messages(DEVELOPMENT_ACCOUNT_ID, 1, limit=10)
+        await read_messages(repository, DEVELOPMENT_ACCOUNT_ID, 1, limit=10)
     with pytest.raises(NotFound) as not_there:
-        await repository.list_messages(DEVELOPMENT_ACCOUNT_ID, 2, limit=10)
+        await read_messages(repository, DEVELOPMENT_ACCOUNT_ID, 2, limit=10)
     assert str(not_theirs.value).replace("1", "2") == str(not_there.value)
     with pytest.raises(NotFound) as not_theirs_either:
-        await repository.get_message(DEVELOPMENT_ACCOUNT_ID, theirs.message_id)
+        await read_message(repository, DEVELOPMENT_ACCOUNT_ID, theirs.message_id)
     with pytest.raises(NotFound) as not_there_either:
-        await repository.get_message(DEVELOPMENT_ACCOUNT_ID, missing)
+        await read_message(repository, DEVELOPMENT_ACCOUNT_ID, missing)
     assert str(not_theirs_either.value).replace(str(theirs.message_id), str(missing)) == str(not_there_either.value)
     # The owner still reads them.
-    assert (await repository.get_message(acme, theirs.message_id)).id == theirs.message_id
-    assert len((await repository.list_messages(acme, 1, limit=10)).items) == 1
+    assert (await read_message(repository, acme, theirs.message_id)).id == theirs.message_id
+    assert len((await read_messages(repository, acme, 1, limit=10)).items) == 1
+
+
+async def test_the_json_postgresql_writes_is_the_contracts_own_whatever_the_session_time_zone(
+    database_url: str,
+) -> None:
+    """Each body reads back into its model and writes out again the same: the contract's key names,
+    UTC with a `Z`, microseconds only where there are any, lists sorted, strings kept byte for byte."""
+    hostile = 'he said "hi"\\ \n\t\u0001 été 😀 </script><b>'
+    # Kathmandu is +05:45: a session there would shift every time PostgreSQL formatted in its zone.
+    async with create_engine(database_url, options="-c TimeZone=Asia/Kathmandu") as engine:
+        repository = MessageRepository(engine, retry_max_interval=0.1)
+        first = send_message(Channel.MMS, body=hostile, attachments=("https://example.com/a.png",))
+        await repository.store_outbound(first)
+        await repository.store_status(status_changed(first))
+        later = START + timedelta(seconds=1, microseconds=250_000)
+        await repository.store_inbound(message_received(Channel.SMS, body=hostile, at=later))
+
+        bodies = {
+            ConversationList: await repository.list_conversations(DEVELOPMENT_ACCOUNT_ID, limit=1),
+            MessageList: await repository.list_messages(DEVELOPMENT_ACCOUNT_ID, 1, limit=1),
+            MessageDetail: await repository.get_message(DEVELOPMENT_ACCOUNT_ID, first.message_id),
+        }
+
+    for model, body in bodies.items():
+        assert json.loads(body) == json.loads(model.model_validate_json(body).model_dump_json(by_alias=True))
+    conversation = json.loads(bodies[ConversationList])["conversations"][0]
+    assert (conversation["participants"], conversation["channels"]) == ([OUR_PHONE, THEIR_PHONE], ["mms", "sms"])
+    assert conversation["last_message"]["body"] == hostile
+    assert conversation["last_message_at"] == "2024-11-01T14:00:01.250000Z"
+    messages_page = json.loads(bodies[MessageList])
+    assert (messages_page["conversation_id"], messages_page["next_cursor"] is not None) == (1, True)
+    assert [message["timestamp"] for message in messages_page["messages"]] == ["2024-11-01T14:00:00Z"]
+    detail = json.loads(bodies[MessageDetail])
+    assert (detail["from"], detail["to"], detail["body"]) == (OUR_PHONE, THEIR_PHONE, hostile)
+    assert [change["status"] for change in detail["history"]] == ["queued", "sent"]
 
 
 @pytest.mark.parametrize("order", list(itertools.permutations(["queued", "sent", "delivered"])), ids="-".join)
@@ -782,7 +847,7 @@ async def test_a_messages_events_in_one_batch_end_as_if_written_one_after_the_ot
     if order.index("delivered") < order.index("sent"):
         expected["delivered"] = WriteOutcome.AWAITING_MESSAGE
     assert outcomes == [expected[name] for name in order] + [WriteOutcome.CHANGED]
-    message = await repository.get_message(DEVELOPMENT_ACCOUNT_ID, command.message_id)
+    message = await read_message(repository, DEVELOPMENT_ACCOUNT_ID, command.message_id)
     assert (message.status, message.attempts, message.provider_message_id) == ("delivered", 2, "SM42")
     assert [change.status for change in message.history] == ["queued", "sent", "delivered"]
     assert await rows(engine, pending_receipts) == []
@@ -820,7 +885,7 @@ async def test_a_batch_counts_each_conversation_once_and_numbers_new_ones_in_arr
     assert [row["participant_key"].split("\n")[-1] for row in stored[1:]] == partners
     # Of equal timestamps the last stored is the latest, as when written one by one.
     assert (stored[0]["last_message_id"], stored[1]["last_message_id"]) == (batch[2].message_id, batch[4].message_id)
-    messages_of_2 = (await repository.list_messages(DEVELOPMENT_ACCOUNT_ID, 2, limit=10)).items
+    messages_of_2 = (await read_messages(repository, DEVELOPMENT_ACCOUNT_ID, 2, limit=10)).items
     assert [m.id for m in messages_of_2] == [batch[1].message_id, batch[4].message_id]
 
 

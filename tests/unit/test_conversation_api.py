@@ -9,9 +9,16 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from common.accounts import ACCOUNT_HEADER
+from common.conversations import (
+    ConversationList,
+    ConversationView,
+    MessageDetail,
+    MessageList,
+    MessageView,
+    StatusChange,
+)
 from common.errors import NotFound
 from conversation_service.app import create_app
-from conversation_service.models import ConversationView, MessageDetail, MessageView, Page, StatusChange
 from conversation_service.settings import ConversationSettings
 
 # The database may answer in any session time zone; clients must still see UTC with a Z.
@@ -78,29 +85,33 @@ MESSAGE_JSON = {
 }
 
 
+def _body(model: ConversationList | MessageList | MessageDetail) -> bytes:
+    # The repository answers the body itself (written by PostgreSQL, in the contract's shapes; the
+    # integration tests hold the two to each other): here, the contract writes it.
+    return model.model_dump_json(by_alias=True).encode()
+
+
 class FakeRepository:
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
 
-    async def list_conversations(
-        self, account_id: uuid.UUID, limit: int, cursor: str | None = None
-    ) -> Page[ConversationView]:
+    async def list_conversations(self, account_id: uuid.UUID, limit: int, cursor: str | None = None) -> bytes:
         self.calls.append(("list_conversations", account_id, limit, cursor))
-        return Page([CONVERSATION], "next-page")
+        return _body(ConversationList(conversations=[CONVERSATION], next_cursor="next-page"))
 
     async def list_messages(
         self, account_id: uuid.UUID, conversation_id: int, limit: int, cursor: str | None = None
-    ) -> Page[MessageView]:
+    ) -> bytes:
         self.calls.append(("list_messages", account_id, conversation_id, limit, cursor))
         if conversation_id != 1:
             raise NotFound(f"conversation {conversation_id} not found")
-        return Page([MESSAGE], None)
+        return _body(MessageList(conversation_id=conversation_id, messages=[MESSAGE], next_cursor=None))
 
-    async def get_message(self, account_id: uuid.UUID, message_id: uuid.UUID) -> MessageDetail:
+    async def get_message(self, account_id: uuid.UUID, message_id: uuid.UUID) -> bytes:
         self.calls.append(("get_message", account_id, message_id))
         if message_id != MESSAGE.id:
             raise NotFound(f"message {message_id} not found")
-        return DETAIL
+        return _body(DETAIL)
 
 
 @pytest.fixture

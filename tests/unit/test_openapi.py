@@ -7,7 +7,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from openapi_spec_validator import validate
 
-from conversation_service.pagination import MAX_BIGINT as MAX_ID
+from common.conversations import MAX_BIGINT as MAX_ID
 from gateway.app import create_app
 from gateway.auth import ROUTE_ACCESS
 from gateway.openapi import DOCS_PATH, OPENAPI_PATH, SECURITY_SCHEME

@@ -1,19 +1,20 @@
-"""What the read API takes and answers: its path and query parameters, and conversations and messages
-as clients (through the gateway) see them. Free of database imports, so the gateway's OpenAPI
-description can be built from these same models."""
+"""The read API's contract: its path and query parameters, and conversations and messages as clients
+(through the gateway, which relays the bodies untouched) see them. conversation_service answers in
+these shapes and the gateway's OpenAPI description is built from them, so they live here, once."""
 
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, TypeVar
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from common.contracts import Channel, Direction, MessageStatus
-from conversation_service.pagination import MAX_BIGINT
-from conversation_service.settings import ConversationSettings
+from common.settings import PageSettings
 
 ItemT = TypeVar("ItemT")
+
+# Ids are PostgreSQL bigints: a larger one names nothing, and must not reach the database as one.
+MAX_BIGINT = 2**63 - 1
 
 
 def _to_utc(value: datetime) -> datetime:
@@ -32,8 +33,9 @@ class MessageView(BaseModel):
     conversation_id: int
     direction: Direction
     type: Channel
-    from_address: str = Field(serialization_alias="from")
-    to_address: str = Field(serialization_alias="to")
+    # Under the alias both ways, so that a body clients get reads back into this model.
+    from_address: str = Field(alias="from")
+    to_address: str = Field(alias="to")
     body: str
     attachments: list[str]
     status: MessageStatus
@@ -78,12 +80,6 @@ class ConversationView(BaseModel):
     created_at: UtcDatetime
 
 
-@dataclass(frozen=True)
-class Page(Generic[ItemT]):
-    items: list[ItemT]
-    next_cursor: str | None
-
-
 class ConversationList(BaseModel):
     conversations: list[ConversationView]
     next_cursor: str | None
@@ -104,7 +100,7 @@ class PageQuery(BaseModel):
     @field_validator("limit")
     @classmethod
     def within_max_page_size(cls, limit: int | None, info: ValidationInfo) -> int | None:
-        settings: ConversationSettings = info.context
+        settings: PageSettings = info.context
         if limit is not None and limit > settings.max_page_size:
             raise ValueError(f"must be at most {settings.max_page_size}")
         return limit
