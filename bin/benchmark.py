@@ -29,6 +29,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -36,9 +37,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import psycopg2
@@ -66,20 +68,23 @@ class Group:
     roots: tuple[int, ...]
     # The supervisor's children have columns of their own.
     with_descendants: bool = True
+    # PostgreSQL serves others too: only its background processes and the backends connected to this
+    # database count, and not what the postmaster reaped (backends of any database that ended).
+    database: str | None = None
 
 
-def _stat(pid: int) -> tuple[str, int, float] | None:
-    """A process's name, parent and CPU seconds, its reaped children's included; None once it is gone."""
+def _stat(pid: int) -> tuple[str, int, float, float] | None:
+    """A process's name, parent, CPU seconds, and those of the children it reaped; None once it is gone."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     name, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
     utime, stime, cutime, cstime = (int(value) for value in rest[11:15])
-    return name, int(rest[1]), (utime + stime + cutime + cstime) / CLOCK_TICKS
+    return name, int(rest[1]), (utime + stime) / CLOCK_TICKS, (cutime + cstime) / CLOCK_TICKS
 
 
-def _processes() -> dict[int, tuple[str, int, float]]:
+def _processes() -> dict[int, tuple[str, int, float, float]]:
     found = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit() and (stat := _stat(int(entry))) is not None:
@@ -103,21 +108,37 @@ def _peak_rss_kib(pid: int) -> int:
     return int(found.group(1)) if found else 0
 
 
-def _members(group: Group, processes: dict[int, tuple[str, int, float]]) -> Iterator[int]:
+def _members(group: Group, processes: dict[int, tuple[str, int, float, float]]) -> Iterator[int]:
     children = defaultdict(list)
-    for pid, (_, parent, _) in processes.items():
+    for pid, (_, parent, *_) in processes.items():
         children[parent].append(pid)
     pending = [pid for pid in group.roots if pid in processes]
     while pending:
         pid = pending.pop()
         yield pid
         if group.with_descendants:
-            pending.extend(children[pid])
+            pending.extend(child for child in children[pid] if group.database is None or _serves(child, group.database))
+
+
+def _serves(pid: int, database: str) -> bool:
+    """Whether a PostgreSQL server process works for `database`: the server's own (checkpointer, WAL
+    writer...) do for all; a backend (`user database host(port) state`) or an autovacuum worker for one."""
+    words = " ".join(_cmdline(pid)).split(": ")[-1].split()
+    if len(words) >= 3 and ("(" in words[2] or words[2] == "[local]"):
+        return words[1] == database
+    if words[:2] == ["autovacuum", "worker"]:
+        return words[2:3] == [database]
+    return True
 
 
 def cpu_seconds(groups: Sequence[Group]) -> dict[str, float]:
     processes = _processes()
-    return {group.name: sum(processes[pid][2] for pid in _members(group, processes)) for group in groups}
+
+    def cpu(group: Group, pid: int) -> float:
+        _, _, own, reaped = processes[pid]
+        return own if group.database is not None and pid in group.roots else own + reaped
+
+    return {group.name: sum(cpu(group, pid) for pid in _members(group, processes)) for group in groups}
 
 
 def peak_rss_mib(groups: Sequence[Group]) -> dict[str, float]:
@@ -153,29 +174,30 @@ def _label(command: list[str]) -> str:
     return module.replace("_service", "").replace(".mock_provider", " mock")
 
 
-def stack_groups(gateway_port: int) -> list[Group]:
-    """The supervisor above the gateway's listener, each of its children, PostgreSQL and RabbitMQ."""
+def stack_groups(gateway_port: int, database: str) -> list[Group]:
+    """The supervisor above the gateway's listener, each of its children, PostgreSQL (for `database`)
+    and RabbitMQ."""
     processes = _processes()
     pid = _listener(gateway_port)
     while pid is not None and pid > 1 and not any(part.endswith("supervise.py") for part in _cmdline(pid)):
-        pid = processes.get(pid, ("", None, 0.0))[1]
+        pid = processes[pid][1] if pid in processes else None
     if pid is None or pid <= 1:
         raise SystemExit(f"no bin/supervise.py runs the process on port {gateway_port}: start the stack (make run)")
     by_label: dict[str, list[int]] = defaultdict(list)
-    for child, (_, parent, _) in processes.items():
+    for child, (_, parent, *_) in processes.items():
         if parent == pid:
             by_label[_label(_cmdline(child))].append(child)
     groups = [Group(label, tuple(pids)) for label, pids in sorted(by_label.items())]
     groups.append(Group("supervise", (pid,), with_descendants=False))
     postmasters = tuple(
         p
-        for p, (name, parent, _) in processes.items()
+        for p, (name, parent, *_) in processes.items()
         if name == "postgres" and processes.get(parent, ("",))[0] != name
     )
     rabbit = tuple(
-        p for p, (name, _, _) in processes.items() if name == "beam.smp" and any("rabbit" in a for a in _cmdline(p))
+        p for p, (name, *_) in processes.items() if name == "beam.smp" and any("rabbit" in a for a in _cmdline(p))
     )
-    return [*groups, Group("postgres", postmasters), Group("rabbitmq", rabbit)]
+    return [*groups, Group("postgres", postmasters, database=database), Group("rabbitmq", rabbit)]
 
 
 # Loads
@@ -193,65 +215,85 @@ class Row:
 
 
 @dataclass(frozen=True)
-class Loaded:
-    count: int
-    rate: float
-    p50_ms: float
-    p99_ms: float
+class Stored:
+    """How many of a write load's rows are in PostgreSQL: one connection, asked every 50 ms, on an
+    indexed column past where the table ended before the load (a count of the whole table would cost
+    PostgreSQL more than the load does)."""
+
+    dsn: str
+    sql: str
+    parameters: tuple[object, ...]
+    expected: int
 
 
-Parser = Callable[[str, str], Loaded]
-
-
-def measured(scenario: str, groups: Sequence[Group], command: Sequence[str], parse: Parser) -> Row:
-    """Run a load generator to its end, with every group's CPU and the generator's own around it."""
-    before, loader_before, started = cpu_seconds(groups), _children_cpu(), time.monotonic()
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    wall, loader = time.monotonic() - started, _children_cpu() - loader_before
+def measured(
+    scenario: str, groups: Sequence[Group], command: Sequence[str], *, stored: Stored | None = None, timeout: float
+) -> Row:
+    """Run wrk to its end, and for writes until every row is stored, with every group's CPU and the
+    load generator's own (wrk's, and this process's polling) around it."""
+    before, loader_before, started = cpu_seconds(groups), _loader_cpu(), time.monotonic()
+    wrk = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        stored_in = None
+        if stored is not None:
+            stored_in = _wait_stored(stored, started + timeout, wrk)
+            # wrk runs for its whole duration, even with every thread stopped; SIGINT ends it and it
+            # reports. A row is stored well after its request was answered, so no answer is cut off.
+            wrk.send_signal(signal.SIGINT)
+        output, _ = wrk.communicate(timeout=max(started + timeout - time.monotonic(), 1) + 5)
+    finally:
+        if wrk.poll() is None:
+            wrk.kill()
+    wall, loader = time.monotonic() - started, _loader_cpu() - loader_before
     after = cpu_seconds(groups)
-    if done.returncode != 0:
-        raise SystemExit(f"{scenario}: {' '.join(command)} failed:\n{done.stdout}{done.stderr}")
-    loaded = parse(done.stdout, scenario)
+    if wrk.returncode != 0 or "Non-2xx" in output or "Socket errors" in output or "failed 0" not in output:
+        raise SystemExit(f"{scenario}: some requests failed:\n{' '.join(command)}\n{output}")
+    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    count = stored.expected if stored is not None else requests
+    if requests != count:
+        raise SystemExit(f"{scenario}: {count:,} rows stored but wrk saw {requests:,} answers:\n{output}")
     return Row(
         scenario,
-        loaded.rate,
-        loaded.p50_ms,
-        loaded.p99_ms,
+        count / stored_in if stored_in is not None else rate,
+        _wrk_ms(output, "50"),
+        _wrk_ms(output, "99"),
         loader / wall,
-        {name: (after[name] - before[name]) / loaded.count * 1000 for name in after},
+        {name: (after[name] - before[name]) / count * 1000 for name in after},
     )
 
 
-def _children_cpu() -> float:
-    """Of this process's finished children: the load generators and what they ran (psql)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+def _wait_stored(stored: Stored, deadline: float, wrk: subprocess.Popen[str]) -> float:
+    """Seconds from the load's start until its last row was stored."""
+    started = time.monotonic()
+    connection = psycopg2.connect(stored.dsn)
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            while True:
+                cursor.execute(stored.sql, stored.parameters)
+                (count,) = cursor.fetchone()
+                if count >= stored.expected:
+                    return time.monotonic() - started
+                if time.monotonic() > deadline or wrk.poll() not in (None, 0):
+                    raise SystemExit(
+                        f"{count:,} of {stored.expected:,} messages stored in time; wrk said:\n"
+                        f"{wrk.communicate()[0] if wrk.poll() is not None else ''}"
+                    )
+                time.sleep(0.05)
+    finally:
+        connection.close()
 
 
-def ingest_output(output: str, scenario: str) -> Loaded:
-    """ingest.py's last line: `n=... errors=E accept=... p50=Xms p99=Yms stored=S e2e=R/s (...)`."""
-    found = re.search(r"errors=(\d+) .*p50=([\d.]+)ms p99=([\d.]+)ms stored=(\d+) e2e=(\d+)/s", output.splitlines()[-1])
-    if found is None or "TIMEOUT" in output or int(found.group(1)):
-        raise SystemExit(f"{scenario}: not every message was accepted and stored in time:\n{output}")
-    _, p50, p99, stored, rate = found.groups()
-    return Loaded(int(stored), float(rate), float(p50), float(p99))
-
-
-def wrk_output(output: str, scenario: str) -> Loaded:
-    if "Non-2xx" in output or "Socket errors" in output:
-        raise SystemExit(f"{scenario}: some requests failed:\n{output}")
-    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    return Loaded(requests, rate, _wrk_ms(output, "50"), _wrk_ms(output, "99"))
+def _loader_cpu() -> float:
+    """wrk's (a finished child) and this process's own."""
+    children, own = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
+    return children.ru_utime + children.ru_stime + own.ru_utime + own.ru_stime
 
 
 def _wrk_ms(output: str, percentile: str) -> float:
-    value, unit = re.search(rf"^\s+{percentile}%\s+([\d.]+)(us|ms|s)$", output, re.MULTILINE).groups()  # type: ignore[union-attr]
+    value, unit = re.search(rf"^\s+{percentile}%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE).groups()  # type: ignore[union-attr]
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-
-
-def ingest_command(reference_dir: Path, url: str, dsn: str, count_sql: str, *options: str) -> list[str]:
-    return [sys.executable, str(reference_dir / "ingest.py"), "--url", url, "--dsn", dsn, "--sql", count_sql, *options]
 
 
 def scalar(dsn: str, sql: str, *parameters: object) -> object:
@@ -312,6 +354,10 @@ class Reference:
         return Group("reference", (self.process.pid,))
 
 
+def say(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
@@ -336,18 +382,105 @@ def page_paths(base_url: str, first: str, key: str, pages: int) -> list[str]:
     return paths
 
 
-def wrk_command(base_url: str, paths: list[str], connections: int, seconds: int, script_dir: Path) -> list[str]:
-    """wrk cycling through `paths`, each thread from its own place in the list."""
-    script = script_dir / f"paths-{abs(hash(tuple(paths)))}.lua"
-    quoted = ",\n".join(f'  "{path}"' for path in paths)
-    script.write_text(
-        f"local paths = {{\n{quoted}\n}}\nlocal i = 0\n"
-        "function init(args) math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16)); "
-        "i = math.random(#paths) end\n"
-        'function request() i = i % #paths + 1; return wrk.format("GET", paths[i]) end\n'
-    )
-    threads = str(min(connections, os.cpu_count() or 1))
-    return ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), base_url]
+# Every wrk script counts the answers that are not the expected status (wrk itself reports only
+# those outside 2xx), and a write load stops each thread once its share is answered.
+_LUA_COMMON = """
+local threads, next_offset = {}, 0
+function setup(thread)
+  thread:set("offset", next_offset)
+  next_offset = next_offset + 1
+  table.insert(threads, thread)
+end
+answered, failed = 0, 0
+function response(status, headers, body)
+  answered = answered + 1
+  if status ~= %(expected)d then failed = failed + 1 end
+  if quota and answered >= quota then wrk.thread:stop() end
+end
+function done(summary, latency, requests)
+  local total = 0
+  for _, thread in ipairs(threads) do total = total + thread:get("failed") end
+  io.write(string.format("failed %%d\\n", total))
+end
+"""
+# Each thread posts its share of the numbered requests; a connection whose thread has handed out its
+# share waits (delay) instead of sending another.
+_LUA_WRITES = """
+local path, template, total, thread_count, pairs = %(path)s, %(template)s, %(total)d, %(threads)d, %(pairs)d
+local headers = {["Content-Type"] = "application/json"}
+local reserved, issued = 0, 0
+function init(args)
+  quota = math.floor((total - offset + thread_count - 1) / thread_count)
+end
+function delay()
+  if reserved < quota then
+    reserved = reserved + 1
+    return 0
+  end
+  return 3600000
+end
+function request()
+  local i = issued * thread_count + offset
+  issued = issued + 1
+  return wrk.format("POST", path, headers, string.format(template, i %% pairs, i, i))
+end
+"""
+# Each thread cycles through the pages from a place of its own.
+_LUA_READS = """
+local paths = {%(paths)s}
+local i = 0
+function init(args)
+  math.randomseed(os.time() + offset * 7919)
+  i = math.random(#paths)
+end
+function request()
+  i = i %% #paths + 1
+  return wrk.format("GET", paths[i])
+end
+"""
+
+
+def _wrk(
+    base_url: str, connections: int, seconds: float, script_dir: Path, name: str, script: str, expected: int
+) -> list[str]:
+    path = script_dir / f"{name}.lua"
+    path.write_text(_LUA_COMMON % {"expected": expected} + script)
+    threads = min(connections, os.cpu_count() or 1)
+    # wrk counts an answer slower than its timeout (2 s unless told) as an error: a slow stack is measured, not failed.
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{int(seconds)}s", "--timeout", "60s", "--latency"]
+    return [*command, "-s", str(path), base_url]
+
+
+def read_command(base_url: str, paths: list[str], connections: int, seconds: int, script_dir: Path) -> list[str]:
+    script = _LUA_READS % {"paths": ", ".join(json.dumps(path) for path in paths)}
+    return _wrk(base_url, connections, seconds, script_dir, "reads", script, 200)
+
+
+# The requests of ../shared/bench/ingest.py: `%d`s are the counterpart (of PAIRS), then the request's number.
+PAIRS = 200
+WEBHOOK = (
+    "/api/webhooks/sms",
+    '{"from": "+1804555%%04d", "to": "+12016661234", "type": "sms", "messaging_provider_id": "%(run)s-%%d", '
+    '"body": "%(run)s %%d", "attachments": null, "timestamp": "2024-11-01T14:00:00Z"}',
+)
+SEND = (
+    "/api/messages/sms",
+    '{"from": "+12016661234", "to": "+1804555%%04d", "type": "sms", "body": "%(run)s %%d", "attachments": null}',
+)
+
+
+def write_command(
+    base_url: str, request: tuple[str, str], run: str, total: int, connections: int, timeout: float, script_dir: Path
+) -> list[str]:
+    path, template = request
+    script = _LUA_WRITES % {
+        "path": json.dumps(path),
+        "template": json.dumps(template % {"run": run}),
+        "total": total,
+        "threads": min(connections, os.cpu_count() or 1),
+        "pairs": PAIRS,
+    }
+    return _wrk(base_url, connections, timeout, script_dir, f"writes-{run}", script, 202)
 
 
 # The table
@@ -408,96 +541,83 @@ def main() -> None:
     base_url = arguments.url or f"http://127.0.0.1:{gateway.gateway_port}"
     if not _answers(f"{base_url}/readyz"):
         raise SystemExit(f"the gateway at {base_url} is not ready: start the stack (make run)")
-    groups = stack_groups(URL(base_url).port or 80)
-    writes = {"ingest", "sends"} & set(scenarios)
-    if writes and not (arguments.reference_dir / "ingest.py").is_file():
-        raise SystemExit(f"no ingest.py in {arguments.reference_dir}: give --reference-dir")
-    reads = {"conversations", "messages"} & set(scenarios)
-    if reads and shutil.which("wrk") is None:
-        raise SystemExit("the read scenarios need wrk: apt-get install -y wrk")
+    groups = stack_groups(URL(base_url).port or 80, URL(dsn).path.lstrip("/"))
+    if "ingest" in scenarios and not (arguments.reference_dir / "naive_pipeline.py").is_file():
+        raise SystemExit(f"no naive_pipeline.py in {arguments.reference_dir}: give --reference-dir")
+    if shutil.which("wrk") is None:
+        raise SystemExit("bench loads the stack with wrk, which is missing: apt-get install -y wrk")
 
     rows: list[Row] = []
     columns = [group.name for group in groups]
     rss: dict[str, float] = {}
-    load = ["-c", str(arguments.concurrency), "--timeout", str(arguments.timeout)]
-    if "ingest" in scenarios:
-        with Reference(
-            arguments.reference_dir,
-            arguments.reference_port,
-            database.database_admin_url,
-            arguments.reference_database,
-            ServiceSettings().amqp_urls[0],
-        ) as reference:
-            reference_groups = [reference.group, *groups[-2:]]
-            columns.insert(-2, "reference")
-            ratios = []
-            for round_number in range(1, arguments.rounds + 1):
-                seq = scalar(dsn, "SELECT coalesce(max(seq), 0) FROM messages")
-                ours = measured(
-                    f"{arguments.webhooks:,} webhooks, project (round {round_number})",
-                    groups,
-                    ingest_command(
-                        arguments.reference_dir,
-                        base_url,
-                        dsn,
-                        f"SELECT count(*) FROM messages WHERE seq > {seq} AND body LIKE '{{run}} %'",
-                        "-n",
-                        str(arguments.webhooks),
-                        *load,
-                    ),
-                    ingest_output,
-                )
-                last = scalar(reference.dsn, "SELECT coalesce(max(id), 0) FROM messages")
-                theirs = measured(
-                    f"{arguments.webhooks:,} webhooks, reference (round {round_number})",
-                    reference_groups,
-                    ingest_command(
-                        arguments.reference_dir,
+    with tempfile.TemporaryDirectory() as scripts:
+        script_dir = Path(scripts)
+
+        def write(
+            scenario: str,
+            url: str,
+            request: tuple[str, str],
+            total: int,
+            count: str,
+            target: str,
+            measured_groups: Sequence[Group],
+        ) -> Row:
+            """`count` counts the stored rows past `start`, which bound the search, whose body is tagged `run`."""
+            run = f"r{uuid.uuid4().hex[:10]}"
+            start = scalar(target, f"SELECT coalesce(max({count}), 0) FROM messages")
+            say(f"{scenario}...")
+            command = write_command(url, request, run, total, arguments.concurrency, arguments.timeout, script_dir)
+            sql = f"SELECT count(*) FROM messages WHERE {count} > %s AND body LIKE %s"
+            if request is SEND:
+                sql += " AND status IN ('sent', 'delivered')"
+            stored = Stored(target, sql, (start, f"{run} %"), total)
+            return measured(scenario, measured_groups, command, stored=stored, timeout=arguments.timeout)
+
+        if "ingest" in scenarios:
+            with Reference(
+                arguments.reference_dir,
+                arguments.reference_port,
+                database.database_admin_url,
+                arguments.reference_database,
+                ServiceSettings().amqp_urls[0],
+            ) as reference:
+                postgres, rabbitmq = groups[-2:]
+                reference_database = replace(postgres, database=arguments.reference_database)
+                reference_groups = [reference.group, reference_database, rabbitmq]
+                columns.insert(-2, "reference")
+                ratios = []
+                webhooks = f"{arguments.webhooks:,} webhooks at {arguments.concurrency} in flight"
+                for number in range(1, arguments.rounds + 1):
+                    ours = write(
+                        f"{webhooks}, project ({number})", base_url, WEBHOOK, arguments.webhooks, "seq", dsn, groups
+                    )
+                    theirs = write(
+                        f"{webhooks}, reference ({number})",
                         reference.url,
+                        WEBHOOK,
+                        arguments.webhooks,
+                        "id",
                         reference.dsn,
-                        f"SELECT count(*) FROM messages WHERE id > {last} AND body LIKE '{{run}} %'",
-                        "-n",
-                        str(arguments.webhooks),
-                        *load,
-                    ),
-                    ingest_output,
+                        reference_groups,
+                    )
+                    rows += [ours, theirs]
+                    ratios.append(float(ours.rate) / float(theirs.rate))
+                rows.append(Row("ingest ratio, project / reference", ", ".join(f"{r:.2f}x" for r in ratios)))
+                rss.update(peak_rss_mib([reference.group]))
+        if "sends" in scenarios:
+            rows.append(
+                write(f"{arguments.sends:,} sends reaching `sent`", base_url, SEND, arguments.sends, "seq", dsn, groups)
+            )
+        if {"conversations", "messages"} & set(scenarios):
+            stored = scalar(dsn, "SELECT count(*) FROM messages WHERE account_id = %s", str(DEVELOPMENT_ACCOUNT_ID))
+            big_id, big_size = _largest_conversation(dsn)
+            wanted_big = min(BIG_CONVERSATION, arguments.seeded_messages // 10)
+            if int(stored) < arguments.seeded_messages or big_size < wanted_big:  # type: ignore[call-overload]
+                raise SystemExit(
+                    f"the reads need {arguments.seeded_messages:,} messages and a conversation of {wanted_big:,}; "
+                    f"the database holds {stored:,} and its largest conversation {big_size:,}: run make seed "
+                    f"(or give --seeded-messages)"
                 )
-                rows += [ours, theirs]
-                ratios.append(float(ours.rate) / float(theirs.rate))
-            rows.append(Row("ingest ratio, project / reference", ", ".join(f"{r:.2f}x" for r in ratios)))
-            rss.update(peak_rss_mib([reference.group]))
-    if "sends" in scenarios:
-        seq = scalar(dsn, "SELECT coalesce(max(seq), 0) FROM messages")
-        rows.append(
-            measured(
-                f"{arguments.sends:,} sends reaching `sent`",
-                groups,
-                ingest_command(
-                    arguments.reference_dir,
-                    base_url,
-                    dsn,
-                    f"SELECT count(*) FROM messages WHERE seq > {seq} AND body LIKE '{{run}} %' "
-                    "AND status IN ('sent', 'delivered')",
-                    "--kind",
-                    "send",
-                    "-n",
-                    str(arguments.sends),
-                    *load,
-                ),
-                ingest_output,
-            )
-        )
-    if reads:
-        stored = scalar(dsn, "SELECT count(*) FROM messages WHERE account_id = %s", str(DEVELOPMENT_ACCOUNT_ID))
-        big_id, big_size = _largest_conversation(dsn)
-        wanted_big = min(BIG_CONVERSATION, arguments.seeded_messages // 10)
-        if int(stored) < arguments.seeded_messages or big_size < wanted_big:  # type: ignore[call-overload]
-            raise SystemExit(
-                f"the reads need {arguments.seeded_messages:,} messages and a conversation of {wanted_big:,}; the "
-                f"database holds {stored:,} and its largest conversation {big_size:,}: run make seed "
-                f"(or give --seeded-messages)"
-            )
-        with tempfile.TemporaryDirectory() as script_dir:
             for scenario in ("conversations", "messages"):
                 if scenario not in scenarios:
                     continue
@@ -506,10 +626,16 @@ def main() -> None:
                 else:
                     first, key = f"/api/conversations/{big_id}/messages?limit={PAGE}", "messages"
                     title = f"messages of a {big_size:,}-message conversation"
+                say(f"{scenario}: following the cursors of up to {arguments.pages} pages...")
                 paths = page_paths(base_url, first, key, arguments.pages)
-                command = wrk_command(base_url, paths, arguments.connections, arguments.seconds, Path(script_dir))
-                row = measured(f"a {PAGE}-item page of {title}, {stored:,} stored", groups, command, wrk_output)
-                row.scenario += f" ({len(paths)} pages, {arguments.connections} connections)"
+                command = read_command(base_url, paths, arguments.connections, arguments.seconds, script_dir)
+                row = measured(
+                    f"a {PAGE}-item page of {title}, {stored:,} stored ({len(paths)} pages, "
+                    f"{arguments.connections} connections)",
+                    groups,
+                    command,
+                    timeout=arguments.seconds + 30,
+                )
                 rows.append(row)
     rss.update(peak_rss_mib(groups))
     print(
