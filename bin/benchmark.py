@@ -9,16 +9,16 @@ Scenarios (--scenarios, all by default):
   conversations  GET /api/conversations?limit=50 and the pages its cursors lead to, 16 connections.
   messages       the same over the pages of the largest conversation's messages.
 
-The writes are loaded by ../shared/bench/ingest.py, the reads by wrk (`apt-get install -y wrk`). The
-reads expect `make seed` to have run: at least --seeded-messages messages, and a conversation of at
-least a tenth of that (100,000 at most). For each scenario the table gives throughput, p50 and p99
-latency, the load generator's own CPU (share of one core: near 100% it, not the stack, is the
-limit), and CPU seconds per 1,000 messages (or requests) of every process: the stack's (the
+wrk (`apt-get install -y wrk`) loads every scenario, the writes with ../shared/bench/ingest.py's
+requests. The reads expect `make seed` to have run: at least --seeded-messages messages, and a
+conversation of a tenth of that (100,000 at most). For each scenario the table gives throughput,
+p50 and p99 latency, the load generator's own CPU (share of one core: near 100% it, not the stack,
+is the limit), and CPU seconds per 1,000 messages (or requests) of every process: the stack's (the
 supervisor and its children, found from the process listening on the gateway's port), the
-reference's, PostgreSQL's and RabbitMQ's, from utime+stime (and that of reaped children) in
-/proc/<pid>/stat before and after. Its last row is each column's peak RSS (VmHWM, the largest
-process of the column). PostgreSQL and RabbitMQ are counted whole: on a machine others use,
-their figures include others' work.
+reference's, PostgreSQL's (its background processes and the backends of the database measured)
+and RabbitMQ's (whole: on a machine others use, it includes their work), from utime+stime, and
+that of reaped children, in /proc/<pid>/stat before and after. Its last row is each column's peak
+RSS (VmHWM, the largest process of the column). Every run adds its messages to the databases.
 
 Ports and databases come from the same settings the stack reads (environment, then .env).
 """
@@ -526,7 +526,7 @@ def main() -> None:
         "--reference-dir",
         type=Path,
         default=ROOT.parent / "shared" / "bench",
-        help="where naive_pipeline.py and ingest.py are (default ../shared/bench)",
+        help="where naive_pipeline.py is (default ../shared/bench)",
     )
     parser.add_argument("--reference-port", type=int, default=8090)
     parser.add_argument("--reference-database", default="naive", help="created if missing (default naive)")
