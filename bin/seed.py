@@ -36,6 +36,8 @@ SIZE_MU, SIZE_SIGMA, SIZE_MAX = 2.5, 1.3, 5_000
 KINDS = ("sms", "mixed", "email")
 KIND_WEIGHTS = (0.55, 0.2, 0.25)
 HISTORY_DAYS = 365
+# PROVIDER_MAX_ATTEMPTS' default: a failed send tried this many times.
+FAILED_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -46,10 +48,6 @@ class Plan:
     kinds: list[str]
     first_at: list[datetime]
     last_at: list[datetime]
-
-    @property
-    def messages(self) -> int:
-        return sum(self.sizes)
 
 
 @dataclass(frozen=True)
@@ -159,8 +157,7 @@ history AS (
         ('queued', l.at, NULL, NULL, NULL, NULL, l.direction = 'outbound'),
         ('sent', l.sent_at, l.send_attempts, l.provider, l.provider_message_id, NULL,
          l.status IN ('sent', 'delivered')),
-        ('failed', l.failed_at, 5, l.provider, NULL, 'the provider answered 500 to every attempt',
-         l.status = 'failed'),
+        ('failed', l.failed_at, %(failed_attempts)s, l.provider, NULL, %(failure)s, l.status = 'failed'),
         -- SendGrid's events name the send's id with a suffix of their own.
         ('delivered', l.delivered_at, NULL, l.provider,
          l.provider_message_id || CASE WHEN l.type = 'email' THEN '.filter0001-seed' ELSE '' END, NULL,
@@ -191,14 +188,15 @@ SELECT id, conversation_id, %(account_id)s, direction, type, from_address, to_ad
        status,
        CASE WHEN status IN ('queued') THEN NULL ELSE provider END,
        CASE WHEN status IN ('queued', 'failed') THEN NULL ELSE provider_message_id END,
-       CASE WHEN status = 'failed' THEN 5 WHEN status IN ('sent', 'delivered') THEN send_attempts ELSE 0 END,
-       CASE WHEN status = 'failed' THEN 'the provider answered 500 to every attempt' END,
-       at, at,
-       CASE status WHEN 'sent' THEN sent_at WHEN 'failed' THEN failed_at WHEN 'delivered' THEN delivered_at
-                   ELSE at END,
-       CASE status WHEN 'sent' THEN sent_at WHEN 'failed' THEN failed_at WHEN 'delivered' THEN delivered_at
-                   ELSE at END
+       CASE WHEN status = 'failed' THEN %(failed_attempts)s WHEN status IN ('sent', 'delivered') THEN send_attempts
+            ELSE 0 END,
+       CASE WHEN status = 'failed' THEN %(failure)s END,
+       at, at, changed_at, changed_at
 FROM lived
+CROSS JOIN LATERAL (
+    SELECT CASE status WHEN 'sent' THEN sent_at WHEN 'failed' THEN failed_at WHEN 'delivered' THEN delivered_at
+                       ELSE at END AS changed_at
+) AS outcome
 -- Arrival order: `seq` follows time within each conversation, as it would have live.
 ORDER BY conversation_id, k
 """
@@ -241,6 +239,8 @@ def load(connection: Connection, seed_plan: Plan) -> Loaded:
         "account_id": str(DEVELOPMENT_ACCOUNT_ID),
         "sms_provider": SMS_PROVIDER,
         "email_provider": EMAIL_PROVIDER,
+        "failed_attempts": FAILED_ATTEMPTS,
+        "failure": "the provider answered 500 to every attempt",
     }
     with connection, connection.cursor() as cursor:
         # The per-message plan is held in memory once, for both the messages and their history.
