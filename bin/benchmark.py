@@ -236,7 +236,7 @@ def measured(
     try:
         stored_in = None
         if stored is not None:
-            stored_in = _wait_stored(stored, started + timeout, wrk)
+            stored_in = _wait_stored(stored, started, started + timeout, wrk)
             # wrk runs for its whole duration, even with every thread stopped; SIGINT ends it and it
             # reports. A row is stored well after its request was answered, so no answer is cut off.
             wrk.send_signal(signal.SIGINT)
@@ -263,9 +263,8 @@ def measured(
     )
 
 
-def _wait_stored(stored: Stored, deadline: float, wrk: subprocess.Popen[str]) -> float:
+def _wait_stored(stored: Stored, started: float, deadline: float, wrk: subprocess.Popen[str]) -> float:
     """Seconds from the load's start until its last row was stored."""
-    started = time.monotonic()
     connection = psycopg2.connect(stored.dsn)
     connection.autocommit = True
     try:
