@@ -42,6 +42,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 from yarl import URL
@@ -276,7 +277,7 @@ def _wait_stored(stored: Stored, started: float, deadline: float, wrk: subproces
                     return time.monotonic() - started
                 if time.monotonic() > deadline or wrk.poll() not in (None, 0):
                     raise SystemExit(
-                        f"{count:,} of {stored.expected:,} messages stored in time; wrk said:\n"
+                        f"only {count:,} of {stored.expected:,} messages were stored in time; wrk said:\n"
                         f"{wrk.communicate()[0] if wrk.poll() is not None else ''}"
                     )
                 time.sleep(0.05)
@@ -295,17 +296,12 @@ def _wrk_ms(output: str, percentile: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def scalar(dsn: str, sql: str, *parameters: object) -> object:
+def fetch_one(dsn: str, sql: str, *parameters: object) -> tuple[Any, ...] | None:
     with psycopg2.connect(dsn) as connection, connection.cursor() as cursor:
         cursor.execute(sql, parameters)
-        (value,) = cursor.fetchone()
+        row = cursor.fetchone()
     connection.close()
-    return value
-
-
-def _libpq(url: str) -> str:
-    """psql takes no `postgresql+driver` scheme and no query the services understand; plain URLs pass."""
-    return str(URL(url).with_query(None))
+    return row
 
 
 # The reference
@@ -536,7 +532,7 @@ def main() -> None:
 
     gateway = GatewaySettings()
     database = MigrationSettings()
-    dsn = _libpq(database.database_url)
+    dsn = database.database_url
     base_url = arguments.url or f"http://127.0.0.1:{gateway.gateway_port}"
     if not _answers(f"{base_url}/readyz"):
         raise SystemExit(f"the gateway at {base_url} is not ready: start the stack (make run)")
@@ -563,7 +559,7 @@ def main() -> None:
         ) -> Row:
             """`count` counts the stored rows past `start`, which bound the search, whose body is tagged `run`."""
             run = f"r{uuid.uuid4().hex[:10]}"
-            start = scalar(target, f"SELECT coalesce(max({count}), 0) FROM messages")
+            (start,) = fetch_one(target, f"SELECT coalesce(max({count}), 0) FROM messages") or (0,)
             say(f"{scenario}...")
             command = write_command(url, request, run, total, arguments.concurrency, arguments.timeout, script_dir)
             sql = f"SELECT count(*) FROM messages WHERE {count} > %s AND body LIKE %s"
@@ -608,10 +604,15 @@ def main() -> None:
                 write(f"{arguments.sends:,} sends reaching `sent`", base_url, SEND, arguments.sends, "seq", dsn, groups)
             )
         if {"conversations", "messages"} & set(scenarios):
-            stored = scalar(dsn, "SELECT count(*) FROM messages WHERE account_id = %s", str(DEVELOPMENT_ACCOUNT_ID))
-            big_id, big_size = _largest_conversation(dsn)
+            account = str(DEVELOPMENT_ACCOUNT_ID)
+            (stored,) = fetch_one(dsn, "SELECT count(*) FROM messages WHERE account_id = %s", account) or (0,)
+            big_id, big_size = fetch_one(
+                dsn,
+                "SELECT id, message_count FROM conversations WHERE account_id = %s ORDER BY message_count DESC LIMIT 1",
+                account,
+            ) or (0, 0)
             wanted_big = min(BIG_CONVERSATION, arguments.seeded_messages // 10)
-            if int(stored) < arguments.seeded_messages or big_size < wanted_big:  # type: ignore[call-overload]
+            if stored < arguments.seeded_messages or big_size < wanted_big:
                 raise SystemExit(
                     f"the reads need {arguments.seeded_messages:,} messages and a conversation of {wanted_big:,}; "
                     f"the database holds {stored:,} and its largest conversation {big_size:,}: run make seed "
@@ -641,17 +642,6 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d %H:%M %Z')}, {os.cpu_count()} cores; CPU in seconds per 1,000 messages or requests"
     )
     print(table(rows, columns, rss))
-
-
-def _largest_conversation(dsn: str) -> tuple[int, int]:
-    with psycopg2.connect(dsn) as connection, connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT id, message_count FROM conversations WHERE account_id = %s ORDER BY message_count DESC LIMIT 1",
-            (str(DEVELOPMENT_ACCOUNT_ID),),
-        )
-        found = cursor.fetchone() or (0, 0)
-    connection.close()
-    return found
 
 
 if __name__ == "__main__":
