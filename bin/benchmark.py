@@ -502,6 +502,24 @@ def table(rows: list[Row], columns: list[str], rss: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def seeded(dsn: str, messages: int) -> tuple[int, int, int]:
+    """The development account's messages, and its largest conversation's id and size, if seeded enough."""
+    account = str(DEVELOPMENT_ACCOUNT_ID)
+    (stored,) = fetch_one(dsn, "SELECT count(*) FROM messages WHERE account_id = %s", account) or (0,)
+    big_id, big_size = fetch_one(
+        dsn,
+        "SELECT id, message_count FROM conversations WHERE account_id = %s ORDER BY message_count DESC LIMIT 1",
+        account,
+    ) or (0, 0)
+    wanted_big = min(BIG_CONVERSATION, messages // 10)
+    if stored < messages or big_size < wanted_big:
+        raise SystemExit(
+            f"the reads need {messages:,} messages and a conversation of {wanted_big:,}; the database holds "
+            f"{stored:,} and its largest conversation {big_size:,}: run make seed (or give --seeded-messages)"
+        )
+    return stored, big_id, big_size
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated, of: " + ", ".join(SCENARIOS))
@@ -541,6 +559,8 @@ def main() -> None:
         raise SystemExit(f"no naive_pipeline.py in {arguments.reference_dir}: give --reference-dir")
     if shutil.which("wrk") is None:
         raise SystemExit("bench loads the stack with wrk, which is missing: apt-get install -y wrk")
+    if {"conversations", "messages"} & set(scenarios):
+        stored, big_id, big_size = seeded(dsn, arguments.seeded_messages)
 
     rows: list[Row] = []
     columns = [group.name for group in groups]
@@ -557,7 +577,7 @@ def main() -> None:
             target: str,
             measured_groups: Sequence[Group],
         ) -> Row:
-            """`count` counts the stored rows past `start`, which bound the search, whose body is tagged `run`."""
+            """Rows are counted past the largest `count` (an indexed column) stored before the load."""
             run = f"r{uuid.uuid4().hex[:10]}"
             (start,) = fetch_one(target, f"SELECT coalesce(max({count}), 0) FROM messages") or (0,)
             say(f"{scenario}...")
@@ -603,40 +623,23 @@ def main() -> None:
             rows.append(
                 write(f"{arguments.sends:,} sends reaching `sent`", base_url, SEND, arguments.sends, "seq", dsn, groups)
             )
-        if {"conversations", "messages"} & set(scenarios):
-            account = str(DEVELOPMENT_ACCOUNT_ID)
-            (stored,) = fetch_one(dsn, "SELECT count(*) FROM messages WHERE account_id = %s", account) or (0,)
-            big_id, big_size = fetch_one(
-                dsn,
-                "SELECT id, message_count FROM conversations WHERE account_id = %s ORDER BY message_count DESC LIMIT 1",
-                account,
-            ) or (0, 0)
-            wanted_big = min(BIG_CONVERSATION, arguments.seeded_messages // 10)
-            if stored < arguments.seeded_messages or big_size < wanted_big:
-                raise SystemExit(
-                    f"the reads need {arguments.seeded_messages:,} messages and a conversation of {wanted_big:,}; "
-                    f"the database holds {stored:,} and its largest conversation {big_size:,}: run make seed "
-                    f"(or give --seeded-messages)"
-                )
-            for scenario in ("conversations", "messages"):
-                if scenario not in scenarios:
-                    continue
-                if scenario == "conversations":
-                    first, key, title = f"/api/conversations?limit={PAGE}", "conversations", "conversations"
-                else:
-                    first, key = f"/api/conversations/{big_id}/messages?limit={PAGE}", "messages"
-                    title = f"messages of a {big_size:,}-message conversation"
-                say(f"{scenario}: following the cursors of up to {arguments.pages} pages...")
-                paths = page_paths(base_url, first, key, arguments.pages)
-                command = read_command(base_url, paths, arguments.connections, arguments.seconds, script_dir)
-                row = measured(
-                    f"a {PAGE}-item page of {title}, {stored:,} stored ({len(paths)} pages, "
-                    f"{arguments.connections} connections)",
-                    groups,
-                    command,
-                    timeout=arguments.seconds + 30,
-                )
-                rows.append(row)
+        for scenario in [name for name in ("conversations", "messages") if name in scenarios]:
+            if scenario == "conversations":
+                first, key, title = f"/api/conversations?limit={PAGE}", "conversations", "conversations"
+            else:
+                first, key = f"/api/conversations/{big_id}/messages?limit={PAGE}", "messages"
+                title = f"messages of a {big_size:,}-message conversation"
+            say(f"{scenario}: following the cursors of up to {arguments.pages} pages...")
+            paths = page_paths(base_url, first, key, arguments.pages)
+            command = read_command(base_url, paths, arguments.connections, arguments.seconds, script_dir)
+            row = measured(
+                f"a {PAGE}-item page of {title}, {stored:,} stored ({len(paths)} pages, "
+                f"{arguments.connections} connections)",
+                groups,
+                command,
+                timeout=arguments.seconds + 30,
+            )
+            rows.append(row)
     rss.update(peak_rss_mib(groups))
     print(
         f"{time.strftime('%Y-%m-%d %H:%M %Z')}, {os.cpu_count()} cores; CPU in seconds per 1,000 messages or requests"
