@@ -401,7 +401,8 @@ end
 # Each thread posts its share of the numbered requests; a connection whose thread has handed out its
 # share waits (delay) instead of sending another.
 _LUA_WRITES = """
-local path, template, total, thread_count, pairs = %(path)s, %(template)s, %(total)d, %(threads)d, %(pairs)d
+local path, template, total, thread_count = %(path)s, %(template)s, %(total)d, %(threads)d
+local counterparts = %(pairs)d
 local headers = {["Content-Type"] = "application/json"}
 local reserved, issued = 0, 0
 function init(args)
@@ -417,7 +418,7 @@ end
 function request()
   local i = issued * thread_count + offset
   issued = issued + 1
-  return wrk.format("POST", path, headers, string.format(template, i %% pairs, i, i))
+  return wrk.format("POST", path, headers, string.format(template, i %% counterparts, i, i))
 end
 """
 # Each thread cycles through the pages from a place of its own.
