@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help setup run test test-unit test-integration test-e2e lint tour migrate bench
+.PHONY: help setup run test test-unit test-integration test-e2e lint tour migrate seed bench
 .PHONY: dead-letters replay-dead-letters quarantine replay-quarantine
 .PHONY: dead-letters replay-dead-letters migrate-queues
 .PHONY: test-faults
@@ -12,6 +12,7 @@ help:
 	@echo "make test   - set up what is missing, then ruff and every test: unit, integration, end to end"
 	@echo "make test-faults - kill, stop and cut the real processes, broker and database; count what survives"
 	@echo "make tour   - the curl tour of the API against a running stack (bin/test.sh)"
+	@echo "make seed   - add MESSAGES (default 1000000) messages to the development account, one conversation of 100,000"
 	@echo "make bench  - load a running stack and print its throughput and latency (bin/benchmark.py)"
 	@echo "make dead-letters        - list every dead-letter queue's messages and why they died (ARGS='--queue Q --limit N')"
 	@echo "make replay-dead-letters - move dead letters back to their queues (ARGS='--queue Q --limit N --message-id ID')"
@@ -47,8 +48,13 @@ migrate: setup
 tour:
 	bin/test.sh
 
+# Adds a new set on every run; the database is DATABASE_URL's (environment or .env).
+MESSAGES ?= 1000000
+seed:
+	$(PY) bin/seed.py --messages $(MESSAGES)
+
 bench:
-	$(PY) bin/benchmark.py
+	$(PY) bin/benchmark.py $(ARGS)
 
 dead-letters:
 	$(PY) -m common.dead_letters list $(ARGS)
