@@ -16,7 +16,9 @@ from aiopg.sa import Engine, create_engine
 
 from common.accounts import DEVELOPMENT_ACCOUNT_ID
 from common.contracts import STATUS_RANK
-from conversation_service.repository import MessageRepository, participant_key
+from common.conversations import ConversationList, MessageList
+from conversation_service.repository import MessageRepository
+from conversation_service.writes import participant_key
 
 pytestmark = pytest.mark.integration
 
@@ -154,11 +156,16 @@ async def every_page(engine: Engine, conversation_id: int | None = None) -> list
     repository, pages, cursor = MessageRepository(engine, retry_max_interval=0.1), [], None
     while True:
         if conversation_id is None:
-            page = await repository.list_conversations(DEVELOPMENT_ACCOUNT_ID, 50, cursor)
+            conversation_page = ConversationList.model_validate_json(
+                await repository.list_conversations(DEVELOPMENT_ACCOUNT_ID, 50, cursor)
+            )
+            items, cursor = list(conversation_page.conversations), conversation_page.next_cursor
         else:
-            page = await repository.list_messages(DEVELOPMENT_ACCOUNT_ID, conversation_id, 50, cursor)
-        pages.append(list(page.items))
-        cursor = page.next_cursor
+            message_page = MessageList.model_validate_json(
+                await repository.list_messages(DEVELOPMENT_ACCOUNT_ID, conversation_id, 50, cursor)
+            )
+            items, cursor = list(message_page.messages), message_page.next_cursor
+        pages.append(items)
         if cursor is None:
             return pages
 
