@@ -4,6 +4,8 @@ The migrations under `migrations/versions` create and change them; this module m
 revision and is never used to create anything.
 """
 
+from collections.abc import Iterable
+
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
@@ -75,6 +77,16 @@ conversations = sa.Table(
     sa.UniqueConstraint("account_id", "participant_key"),
     sa.Index("ix_conversations_account_activity", "account_id", sa.text("last_message_at DESC"), sa.text("id DESC")),
 )
+
+# Never part of an address written by the gateway, so joining with it cannot make two different
+# sets of participants look alike.
+PARTICIPANT_SEPARATOR = "\n"
+
+
+def participant_key(participants: Iterable[str]) -> str:
+    """`conversations.participant_key`: the participants sorted (code point order) and joined."""
+    return PARTICIPANT_SEPARATOR.join(sorted(participants))
+
 
 conversation_participants = sa.Table(
     "conversation_participants",

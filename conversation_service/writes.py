@@ -24,7 +24,7 @@ and the receipts that waited for a status, are rare enough to be written one by 
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, assert_never
 
 import sqlalchemy as sa
@@ -46,13 +46,16 @@ from common.contracts import (
 )
 from conversation_service.database import Compiled, Database
 from conversation_service.handlers import WriteOutcome
-from conversation_service.schema import OUTCOME_FIRST, SEND_FIRST, message_status_history
+from conversation_service.schema import (
+    OUTCOME_FIRST,
+    PARTICIPANT_SEPARATOR,
+    SEND_FIRST,
+    message_status_history,
+    participant_key,
+)
 
 log = logging.getLogger(__name__)
 
-# Never part of an address written by the gateway, so joining with it cannot make two different
-# sets of participants look alike.
-PARTICIPANT_SEPARATOR = "\n"
 
 _history = message_status_history
 
@@ -60,10 +63,6 @@ _history = message_status_history
 def participants_of(content: MessageContent) -> list[str]:
     """The gateway normalized both addresses (E.164 phones, lower-cased emails): equal means same."""
     return sorted({content.from_address, content.to_address})
-
-
-def participant_key(participants: Iterable[str]) -> str:
-    return PARTICIPANT_SEPARATOR.join(sorted(participants))
 
 
 class MessageWriter:

@@ -18,7 +18,7 @@ from common.accounts import DEVELOPMENT_ACCOUNT_ID
 from common.contracts import STATUS_RANK
 from common.conversations import ConversationList, MessageList
 from conversation_service.repository import MessageRepository
-from conversation_service.writes import participant_key
+from conversation_service.schema import participant_key
 
 pytestmark = pytest.mark.integration
 

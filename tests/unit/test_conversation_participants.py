@@ -3,7 +3,8 @@
 from datetime import UTC, datetime
 
 from common.contracts import Channel, MessageContent
-from conversation_service.writes import participant_key, participants_of
+from conversation_service.schema import participant_key
+from conversation_service.writes import participants_of
 
 
 def _content(from_address: str, to_address: str) -> MessageContent:
