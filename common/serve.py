@@ -1,8 +1,9 @@
-"""How every process serves its app: the access log and the activity summary, the same for the
-services and the mock providers."""
+"""How every process serves its app: the event loop, the access log and the activity summary, the same
+for the services and the mock providers."""
 
 import logging
 
+import uvloop
 from aiohttp import web
 
 from common.activity import activity_summary_ctx
@@ -20,4 +21,6 @@ def serve(app: web.Application, settings: ProcessSettings, port: int) -> None:
         port=port,
         print=None,
         access_log=logging.getLogger("aiohttp.access") if debug else None,
+        # uvloop's transports and callbacks cost less CPU per request and per AMQP frame than asyncio's.
+        loop=uvloop.new_event_loop(),
     )
