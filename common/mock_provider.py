@@ -322,6 +322,8 @@ class ReceiptPoster:
         post = self._provider.sign_receipt(receipt.post(url), utcnow())
         try:
             async with send_post(self.session, post) as response:
+                # Read to the end, so that the connection goes back to the pool instead of being closed.
+                await response.read()
                 if response.status >= 300:
                     raise ReceiptNotTaken(f"HTTP {response.status}")
         except (aiohttp.ClientError, TimeoutError) as failure:
