@@ -45,7 +45,8 @@ class SendHandler:
         )
         await self._publisher.publish(event)
         log.log(
-            logging.INFO if outcome.status is MessageStatus.SENT else logging.WARNING,
+            # A send that went through is counted in the activity summary; one that failed is worth a line.
+            logging.DEBUG if outcome.status is MessageStatus.SENT else logging.WARNING,
             f"message {outcome.status}",
             extra={
                 "message_id": str(command.message_id),

@@ -48,6 +48,7 @@ from common.health import add_health_routes
 from common.http import error_middleware, request_validation
 from common.logs import configure_logging
 from common.provider import IDEMPOTENCY_KEY_HEADER
+from common.serve import serve
 from common.settings import ProcessSettings
 
 log = logging.getLogger(__name__)
@@ -321,6 +322,8 @@ class ReceiptPoster:
         post = self._provider.sign_receipt(receipt.post(url), utcnow())
         try:
             async with send_post(self.session, post) as response:
+                # Read to the end, so that the connection goes back to the pool instead of being closed.
+                await response.read()
                 if response.status >= 300:
                     raise ReceiptNotTaken(f"HTTP {response.status}")
         except (aiohttp.ClientError, TimeoutError) as failure:
@@ -382,7 +385,7 @@ def create_mock_app(
 
 def run_mock_provider(app: web.Application, settings: MockProviderSettings, port: int) -> None:
     configure_logging(app[MOCK_PROVIDER].name, settings)
-    web.run_app(app, host=settings.bind_host, port=port, print=None)
+    serve(app, settings, port)
 
 
 async def send(request: web.Request) -> web.Response:

@@ -76,6 +76,12 @@ class ProcessSettings(BaseSettings):
     log_format: Literal["json", "text"] = Field(
         "json", description="json: one object per line, for log shippers; text: for reading in a terminal"
     )
+    log_summary_interval_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="How often a process logs, at INFO, how many requests and messages it handled by kind and "
+        "outcome since the last summary (none when idle); each request and message is logged only at DEBUG",
+    )
 
     @model_validator(mode="after")
     def profile_holds(self) -> Self:

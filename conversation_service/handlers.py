@@ -57,7 +57,8 @@ class EventHandler:
                 outcome = await self._store.store_receipt(event)
             case _:
                 assert_never(event)
-        log.info(
+        # A line per event would cost more than the write it reports; the activity summary counts them.
+        log.debug(
             _LOG_MESSAGES[outcome],
             extra={
                 "kind": event.kind,

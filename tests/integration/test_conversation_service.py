@@ -65,7 +65,7 @@ async def test_the_service_is_ready_once_broker_and_database_are_up(client: Test
 async def test_a_published_event_is_stored_once_however_often_it_is_delivered(
     client: TestClient, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="conversation_service.handlers")
+    caplog.set_level(logging.DEBUG, logger="conversation_service.handlers")
     publisher = client.app[BROKER].publisher
     event = message_received(provider_message_id="message-1")
 

@@ -70,7 +70,7 @@ async def test_every_event_is_logged_with_its_outcome_and_ids(
     caplog: pytest.LogCaptureFixture, outcome: WriteOutcome, logged: str
 ) -> None:
     event = delivery_reported(send_message())
-    caplog.set_level(logging.INFO, logger="conversation_service.handlers")
+    caplog.set_level(logging.DEBUG, logger="conversation_service.handlers")
 
     await EventHandler(RecordingStore(outcome))(event)
 
