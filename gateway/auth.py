@@ -6,6 +6,7 @@ key with a scope (`SEND`, `READ`), or none (`WEBHOOK`: providers sign instead; `
 The development profile lets a request without a key act for the development account, as one client.
 """
 
+import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -112,6 +113,9 @@ def _bearer_key(authorization: str) -> str | None:
     return credentials.strip()
 
 
+# Clients send the same few Host headers request after request; parsing one costs more than the
+# rest of the check.
+@functools.lru_cache(maxsize=1024)
 def _loopback_host(host: str) -> bool:
     try:
         name = URL(f"http://{host}").host

@@ -4,6 +4,7 @@ It knows nothing of aiohttp, so the HTTP views and the quarantine replay run the
 a `WebhookRequest`: the replay on one kept from when it was refused, judged by its own arrival time.
 """
 
+import functools
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -75,9 +76,7 @@ class WebhookRequest(BaseModel):
         value = CIMultiDict(self.headers).get("Content-Type")
         if not value:
             return "", None
-        header = Message()
-        header["Content-Type"] = value
-        return header.get_content_type(), header.get_content_charset()
+        return _parse_content_type(value)
 
     def signed(self) -> SignedRequest:
         return SignedRequest(
@@ -87,6 +86,14 @@ class WebhookRequest(BaseModel):
             content_type=self.media_type()[0],
             received_at=self.received_at,
         )
+
+
+# A provider sends the same Content-Type on every webhook; the email package's parser is slow.
+@functools.lru_cache(maxsize=256)
+def _parse_content_type(value: str) -> tuple[str, str | None]:
+    header = Message()
+    header["Content-Type"] = value
+    return header.get_content_type(), header.get_content_charset()
 
 
 @dataclass(frozen=True)
