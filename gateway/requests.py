@@ -83,10 +83,27 @@ def _as_utc(value: datetime) -> datetime:
         raise ValueError("is out of range once converted to UTC") from error
 
 
+def _stripped(min_length: int) -> AfterValidator:
+    """Surrounding whitespace dropped, then at least `min_length` characters.
+
+    Pydantic's strip_whitespace strips before it checks max_length, so a value the OpenAPI description
+    calls too long would pass once stripped: the lengths are checked on the value as sent, the
+    minimum again on what is kept."""
+
+    def strip(value: str) -> str:
+        value = value.strip()
+        if len(value) < min_length:
+            raise ValueError(f"must have at least {min_length} characters besides surrounding whitespace")
+        return value
+
+    return AfterValidator(strip)
+
+
 Text = Annotated[str, AfterValidator(_reject_nul)]
 PhoneNumber = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=64),
+    StringConstraints(min_length=1, max_length=64),
+    _stripped(1),
     AfterValidator(_normalize_phone),
     Field(
         description="A phone number, stored in E.164; one without a + is read in DEFAULT_PHONE_REGION",
@@ -96,7 +113,8 @@ PhoneNumber = Annotated[
 ]
 EmailAddress = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=3, max_length=320),
+    StringConstraints(min_length=3, max_length=320),
+    _stripped(3),
     AfterValidator(normalize_email),
     Field(
         description="An email address, stored lower-cased",
@@ -117,7 +135,7 @@ AttachmentUrl = Annotated[
 ]
 Timestamp = Annotated[datetime, BeforeValidator(_iso_8601_text), AfterValidator(_as_utc)]
 ProviderMessageId = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255), AfterValidator(_reject_nul)
+    str, StringConstraints(min_length=1, max_length=255), _stripped(1), AfterValidator(_reject_nul)
 ]
 
 
@@ -255,7 +273,7 @@ webhook_adapter: TypeAdapter[Webhook] = TypeAdapter(Annotated[SmsWebhook | Email
 
 # Delivery receipts: the providers' status webhooks for messages we sent.
 
-ProviderStatus = Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=64)]
+ProviderStatus = Annotated[str, StringConstraints(to_lower=True, min_length=1, max_length=64), _stripped(1)]
 ProviderText = Annotated[str, StringConstraints(max_length=2048), AfterValidator(_reject_nul)]
 # Seconds since 1970, up to the last second datetime can hold.
 UnixSeconds = Annotated[int, Field(ge=0, le=253_402_300_799)]

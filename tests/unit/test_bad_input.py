@@ -51,6 +51,15 @@ BAD_INPUT = [
     case("a JSON array", "/api/messages/email", [EMAIL], 422, "request"),
     case("a JSON string", "/api/webhooks/email", "hello", 422, "request"),
     case("JSON null", "/api/messages/sms", b"null", 422, "request"),
+    # Longer than the OpenAPI description allows, though not once its surrounding spaces are stripped.
+    case(
+        "padded past its length",
+        "/api/webhooks/sms",
+        {**SMS_WEBHOOK, "messaging_provider_id": "message-1" + " " * 255},
+        422,
+        "messaging_provider_id",
+    ),
+    case("phone padded past its length", "/api/messages/sms", {**SMS, "to": "+18045551234" + " " * 60}, 422, "to"),
     # Wrong JSON types.
     case("number for a phone", "/api/messages/sms", {**SMS, "from": 12016661234}, 422, "from"),
     case("number for a body", "/api/messages/sms", {**SMS, "body": 42}, 422, "body"),
