@@ -9,10 +9,11 @@ from typing import Any
 import aio_pika
 import psycopg2
 import pytest
+from aio_pika.abc import AbstractQueue
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from common.broker import BROKER, Topology
+from common.broker import BROKER, Broker, Topology
 from common.contracts import Channel, MessageStatus
 from conversation_service.app import create_app
 from conversation_service.settings import ConversationSettings
@@ -94,18 +95,9 @@ async def test_a_malformed_message_is_dead_lettered_and_the_next_one_still_store
     await broker.publisher.publish(good)
 
     await eventually(lambda: _stored(database_url, good.message_id), "the good message is stored")
-    dead_letters = await broker.consume_channel.get_queue(
-        Topology(broker_namespace).conversation_events.dead_letter_name
+    bodies = await dead_letters_once(
+        broker, broker_namespace, lambda bodies: b"{not json" in bodies, "the malformed message"
     )
-    bodies: list[bytes] = []
-
-    async def dead_lettered() -> bool:
-        message = await dead_letters.get(no_ack=True, fail=False)
-        if message is not None:
-            bodies.append(message.body)
-        return b"{not json" in bodies
-
-    await eventually(dead_lettered, "the malformed message reaches the dead-letter queue")
     assert bodies == [b"{not json"]
 
 
@@ -321,19 +313,29 @@ async def test_a_poison_event_in_a_batch_is_dead_lettered_alone_and_its_neighbou
 
     for event in neighbours:
         await eventually(lambda event=event: _stored(database_url, event.message_id), "every neighbour is stored")
-    dead_letters = await broker.consume_channel.get_queue(
-        Topology(broker_namespace).conversation_events.dead_letter_name
-    )
-    bodies: list[bytes] = []
-
-    async def dead_lettered() -> bool:
-        message = await dead_letters.get(no_ack=True, fail=False)
-        if message is not None:
-            bodies.append(message.body)
-        return bool(bodies)
-
-    await eventually(dead_lettered, "the poison event reaches the dead-letter queue")
+    bodies = await dead_letters_once(broker, broker_namespace, bool, "the poison event")
     assert [str(poison.message_id).encode() in body for body in bodies] == [True]
     assert any(record.__dict__.get("batch_size") == 8 for record in caplog.records)
     assert count_messages(database_url, poison.message_id) == 0
-    assert await dead_letters.get(no_ack=True, fail=False) is None
+    assert await _dead_letter_queue(broker, broker_namespace).get(no_ack=True, fail=False) is None
+
+
+async def _dead_letter_queue(broker: Broker, broker_namespace: str) -> AbstractQueue:
+    return await broker.consume_channel.get_queue(Topology(broker_namespace).conversation_events.dead_letter_name)
+
+
+async def dead_letters_once(
+    broker: Broker, broker_namespace: str, enough: Callable[[list[bytes]], bool], what: str
+) -> list[bytes]:
+    """The bodies taken off the conversation queue's dead letters until `enough` of them are."""
+    queue = await _dead_letter_queue(broker, broker_namespace)
+    bodies: list[bytes] = []
+
+    async def dead_lettered() -> bool:
+        message = await queue.get(no_ack=True, fail=False)
+        if message is not None:
+            bodies.append(message.body)
+        return enough(bodies)
+
+    await eventually(dead_lettered, f"{what} reaches the dead-letter queue")
+    return bodies
