@@ -248,7 +248,11 @@ def measured(
     wall, loader = time.monotonic() - started, _loader_cpu() - loader_before
     after = cpu_seconds(groups)
     if wrk.returncode != 0 or "Non-2xx" in output or "Socket errors" in output or "failed 0" not in output:
-        raise SystemExit(f"{scenario}: some requests failed:\n{' '.join(command)}\n{output}")
+        raise SystemExit(
+            f"{scenario}: some requests failed:\n{' '.join(command)}\n{output}\n"
+            "(reads all act for the development account: past RATE_LIMIT_PER_SECOND the gateway answers 429; "
+            "start the stack under bench with it and RATE_LIMIT_BURST raised, as README's Benchmark says)"
+        )
     requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     count = stored.expected if stored is not None else requests
