@@ -317,7 +317,7 @@ async def test_a_poison_event_in_a_batch_is_dead_lettered_alone_and_its_neighbou
     assert [str(poison.message_id).encode() in body for body in bodies] == [True]
     assert any(record.__dict__.get("batch_size") == 8 for record in caplog.records)
     assert count_messages(database_url, poison.message_id) == 0
-    assert await _dead_letter_queue(broker, broker_namespace).get(no_ack=True, fail=False) is None
+    assert await (await _dead_letter_queue(broker, broker_namespace)).get(no_ack=True, fail=False) is None
 
 
 async def _dead_letter_queue(broker: Broker, broker_namespace: str) -> AbstractQueue:
