@@ -235,7 +235,7 @@ async def test_events_wait_out_a_database_outage_unacked_and_are_stored_once_it_
     broker_namespace: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="conversation_service.repository")
+    caplog.set_level(logging.WARNING, logger="conversation_service.database")
     proxy, proxied_database_url = await proxy_to(database_url)
     settings = ConversationSettings(
         database_url=proxied_database_url,
@@ -260,9 +260,7 @@ async def test_events_wait_out_a_database_outage_unacked_and_are_stored_once_it_
     for event in events:
         await eventually(lambda event=event: _stored(database_url, event.message_id), "every event is stored")
     assert (await client.get("/readyz")).status == 200
-    dead_letters = await client.app[BROKER].consume_channel.get_queue(
-        Topology(broker_namespace).conversation_events.dead_letter_name
-    )
+    dead_letters = await _dead_letter_queue(client.app[BROKER], broker_namespace)
     assert await dead_letters.get(no_ack=True, fail=False) is None
 
 

@@ -151,7 +151,7 @@ async def test_a_read_gives_up_with_service_unavailable() -> None:
 
 
 async def test_an_outage_is_logged_at_ever_longer_intervals(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="conversation_service.repository")
+    caplog.set_level(logging.WARNING, logger="conversation_service.database")
     engine = OutageEngine(failures=100)
 
     await asyncio.wait_for(repository_on(engine).store_outbound(send_message()), timeout=5.0)
