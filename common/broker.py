@@ -234,8 +234,10 @@ class Publisher:
             try:
                 await channel.close()
                 await channel.reopen()
-            except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, RuntimeError) as error:
+            except Exception as error:
                 # The connection is going or gone: its robust reconnect opens a fresh channel anyway.
+                # Any class: aiormq re-raises whatever closed the connection, a bare Exception included
+                # (seen when a cluster node was killed), and that must not turn the publish into a 500.
                 log.warning("could not renew the publishing channel", extra={"error": repr(error)})
 
 
