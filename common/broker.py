@@ -41,8 +41,7 @@ RECONNECT_INTERVAL_SECONDS = 1.0
 # lost connection is usually back within a reconnect or two.
 QUEUE_FULL_RETRY_AFTER_SECONDS = 5.0
 BROKER_RETRY_AFTER_SECONDS = 1.0
-# How often a paused consumer asks whether what it waits for is back.
-AVAILABILITY_POLL_SECONDS = 1.0
+# A check of what the consumer needs (the database) that has not answered by then counts as failed.
 AVAILABILITY_CHECK_TIMEOUT_SECONDS = 2.0
 # A quorum queue's count of earlier deliveries: left on a copy put back on a queue, the queue's
 # consumer might take the copy's first delivery for its last.
@@ -600,7 +599,11 @@ def consumer_ctx(
             metrics=app[METRICS],
         )
         await consumer.start()
-        follower = None if pause_unless is None else asyncio.create_task(_follow(consumer, pause_unless(app)))
+        follower = (
+            None
+            if pause_unless is None
+            else asyncio.create_task(_follow(consumer, pause_unless(app), settings.consumer_pause_check_seconds))
+        )
         yield
         if follower is not None:
             follower.cancel()
@@ -610,10 +613,10 @@ def consumer_ctx(
     return ctx
 
 
-async def _follow(consumer: Consumer[Any], available: Callable[[], Awaitable[bool]]) -> None:
+async def _follow(consumer: Consumer[Any], available: Callable[[], Awaitable[bool]], every_seconds: float) -> None:
     """Pause `consumer` while `available` fails (an error or no answer in time counts as failing)."""
     while True:
-        await asyncio.sleep(AVAILABILITY_POLL_SECONDS)
+        await asyncio.sleep(every_seconds)
         try:
             async with asyncio.timeout(AVAILABILITY_CHECK_TIMEOUT_SECONDS):
                 up = await available()

@@ -150,6 +150,12 @@ class ServiceSettings(ProcessSettings):
         "uncounted. Keep it below the broker's consumer_timeout (30 minutes by default), past which the "
         "broker takes it back itself and counts a delivery",
     )
+    consumer_pause_check_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="How often conversation_service's consumer asks whether the database answers: it pauses "
+        "at the first check that fails and resumes at the first that passes",
+    )
 
     @property
     def amqp_urls(self) -> list[str]:

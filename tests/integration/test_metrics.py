@@ -209,6 +209,9 @@ async def test_a_lost_broker_connection_and_a_lost_database_are_counted_once_the
         broker_namespace=broker_namespace,
         database_url=proxied_database,
         database_retry_max_interval_seconds=0.1,
+        # Paused by a check of the database that came before the event did, the consumer would never
+        # take the event, and nothing would be written to retry.
+        consumer_pause_check_seconds=3600,
     )
     conversation = await aiohttp_client(create_conversation_app(settings))
 
