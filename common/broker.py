@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from yarl import URL
 
 from common import context as request_context
+from common.cancellation import honour_dropped_cancel
 from common.contracts import Contract
 from common.health import METRICS, READINESS_CHECKS
 from common.metrics import Metrics
@@ -616,6 +617,8 @@ def consumer_ctx(
 async def _follow(consumer: Consumer[Any], available: Callable[[], Awaitable[bool]], every_seconds: float) -> None:
     """Pause `consumer` while `available` fails (an error or no answer in time counts as failing)."""
     while True:
+        # The check goes to the database through aiopg, which may have dropped a cancel of this task.
+        honour_dropped_cancel()
         await asyncio.sleep(every_seconds)
         try:
             async with asyncio.timeout(AVAILABILITY_CHECK_TIMEOUT_SECONDS):

@@ -1,8 +1,8 @@
 """The database plumbing every store of conversation_service shares: a pool's transactions retried
 through a lost connection, reads that give up in time, and statements compiled once.
 
-aiopg's quirks stay here: its connect drops a cancel on Python 3.11, and it compiles a Core statement
-on every execution unless given SQL text.
+aiopg's quirks stay here: its connects and statements can drop a cancel on Python 3.11 (see
+common.cancellation), and it compiles a Core statement on every execution unless given SQL text.
 """
 
 import asyncio
@@ -26,6 +26,7 @@ from tenacity import (
 )
 from tenacity.stop import StopBaseT
 
+from common.cancellation import cancel_dropped
 from common.errors import ServiceUnavailable
 from common.metrics import Metrics
 
@@ -35,17 +36,6 @@ ResultT = TypeVar("ResultT")
 
 # A dropped connection, a restarting server, a deadlock or a serialization failure: worth another try.
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
-
-
-def cancel_dropped_by_driver() -> bool:
-    """Whether the running task was cancelled yet carries on with a database error.
-
-    aiopg connects through asyncio.wait_for, which on Python 3.11 drops a cancel that lands as the
-    connection fails (CPython gh-86296, fixed in 3.12) and raises the failure instead. Code that
-    catches that failure and goes on must honour the cancel, or a shutdown waits out the outage.
-    """
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 class Database:
@@ -126,7 +116,7 @@ def _lost_connection_and_not_cancelled(state: RetryCallState) -> bool:
     if not isinstance(error, CONNECTION_ERRORS):
         return False
     # Retried, a write would outlive its consumer's shutdown for as long as the database stayed away.
-    if cancel_dropped_by_driver():
+    if cancel_dropped():
         raise asyncio.CancelledError from error
     return True
 

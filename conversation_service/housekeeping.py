@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from conversation_service.database import cancel_dropped_by_driver
+from common.cancellation import honour_dropped_cancel
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +34,11 @@ async def run_every(what: str, chore: Chore, interval_seconds: float) -> None:
     while True:
         try:
             removed = await chore()
-        except Exception as error:
-            if cancel_dropped_by_driver():
-                raise asyncio.CancelledError from error
+        except Exception:
+            honour_dropped_cancel()
             # A failed round (the database away, most likely) must not end the next ones.
             log.exception("housekeeping failed", extra={"chore": what})
         else:
+            honour_dropped_cancel()
             log.info("housekeeping done", extra={"chore": what, "removed": removed})
         await asyncio.sleep(interval_seconds)

@@ -4,6 +4,7 @@ and a shutdown still ends them."""
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
@@ -11,6 +12,7 @@ import psycopg2
 import pytest
 
 from common.accounts import DEVELOPMENT_ACCOUNT_ID
+from common.broker import _follow
 from common.errors import ServiceUnavailable
 from conversation_service.handlers import WriteOutcome
 from conversation_service.housekeeping import run_every
@@ -78,7 +80,8 @@ async def test_a_write_keeps_retrying_for_as_long_as_the_database_stays_away() -
 
 async def cancel_and_drop_it() -> None:
     """Cancel the running task and swallow the cancel, as Python 3.11's asyncio.wait_for (which aiopg
-    connects with) does when the cancel lands as its inner future fails (CPython gh-86296)."""
+    connects and runs every statement with) does when the cancel lands as its inner future finishes
+    (CPython gh-86296)."""
     task = asyncio.current_task()
     assert task is not None
     task.cancel()
@@ -95,10 +98,14 @@ class CancelDroppingEngine(OutageEngine):
         return await super().__aenter__()
 
 
-class CancelDroppingKeyStore:
-    async def purge_expired(self) -> int:
-        await cancel_and_drop_it()
-        raise psycopg2.OperationalError("could not connect to server: Connection refused")
+async def purge_failing_with_the_cancel_dropped() -> int:
+    await cancel_and_drop_it()
+    raise psycopg2.OperationalError("could not connect to server: Connection refused")
+
+
+async def purge_done_with_the_cancel_dropped() -> int:
+    await cancel_and_drop_it()
+    return 0
 
 
 async def test_a_cancel_dropped_inside_the_driver_still_ends_the_write() -> None:
@@ -112,15 +119,46 @@ async def test_a_cancel_dropped_inside_the_driver_still_ends_the_write() -> None
     assert engine.attempts == 1
 
 
-async def test_a_key_purge_cancelled_as_the_database_fails_ends_instead_of_sleeping_an_hour() -> None:
-    purging = asyncio.create_task(
-        run_every("purge keys", CancelDroppingKeyStore().purge_expired, interval_seconds=3600)
-    )
+@pytest.mark.parametrize(
+    "purge", [purge_failing_with_the_cancel_dropped, purge_done_with_the_cancel_dropped], ids=["failed", "done"]
+)
+async def test_a_key_purge_cancelled_as_its_round_ends_stops_instead_of_sleeping_an_hour(
+    purge: Callable[[], Awaitable[int]],
+) -> None:
+    # A shutdown awaits the chore: had it slept, the process would never have exited.
+    purging = asyncio.create_task(run_every("purge keys", purge, interval_seconds=3600))
 
     done, _ = await asyncio.wait({purging}, timeout=1.0)
 
     assert done == {purging}
     assert purging.cancelled()
+
+
+class PausableConsumer:
+    def __init__(self) -> None:
+        self.pauses = 0
+
+    async def pause(self) -> None:
+        self.pauses += 1
+
+    async def resume(self) -> None:
+        pass
+
+
+async def test_a_consumer_following_the_database_stops_once_a_check_dropped_its_cancel() -> None:
+    consumer = PausableConsumer()
+
+    async def database_gone_with_the_cancel_dropped() -> bool:
+        await cancel_and_drop_it()
+        raise psycopg2.OperationalError("could not connect to server: Connection refused")
+
+    following = asyncio.create_task(_follow(consumer, database_gone_with_the_cancel_dropped, every_seconds=0.01))  # type: ignore[arg-type]
+
+    done, _ = await asyncio.wait({following}, timeout=1.0)
+
+    assert done == {following}
+    assert following.cancelled()
+    assert consumer.pauses == 1
 
 
 async def test_a_write_completes_once_the_database_is_back() -> None:
