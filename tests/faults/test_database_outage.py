@@ -26,7 +26,9 @@ PREFETCH = 32
 
 async def test_database_outage_loses_and_duplicates_nothing(harness: Harness, proxy_to: ProxyFactory) -> None:
     database_proxy, proxied_database_url = await proxy_to(harness.database_url)
-    harness.base_env.update(DELIVERY_LIMIT=str(DELIVERY_LIMIT), CONSUMER_PREFETCH=str(PREFETCH))
+    harness.base_env.update(
+        DELIVERY_LIMIT=str(DELIVERY_LIMIT), CONSUMER_PREFETCH=str(PREFETCH), WRITE_BATCH_SIZE=str(PREFETCH)
+    )
     # Back soon after the database is: the test waits for that.
     overrides = {"DATABASE_URL": proxied_database_url, "DATABASE_RETRY_MAX_INTERVAL_SECONDS": "0.5"}
     await harness.start(["conversation_service", "gateway"], {"conversation_service": overrides})
