@@ -55,7 +55,7 @@ async def acme(store: AccountStore) -> Account:
 
 
 def conversation_settings(database_url: str, amqp_url: str, broker_namespace: str) -> ConversationSettings:
-    broker = ServiceSettings(amqp_url=amqp_url, broker_namespace=broker_namespace).model_dump()
+    broker = ServiceSettings(amqp_url=amqp_url, broker_namespace=broker_namespace).model_dump(exclude_unset=True)
     return ConversationSettings(**broker, database_url=database_url)
 
 

@@ -78,7 +78,7 @@ def start(
     async def make(
         *, gateway_profile: Profile = Profile.PRODUCTION, conversation_profile: Profile = Profile.PRODUCTION
     ) -> Stack:
-        broker = ServiceSettings(amqp_url=amqp_url, broker_namespace=broker_namespace).model_dump()
+        broker = ServiceSettings(amqp_url=amqp_url, broker_namespace=broker_namespace).model_dump(exclude_unset=True)
         conversation = await aiohttp_server(
             create_conversation_app(
                 in_profile(

@@ -52,7 +52,7 @@ def query(database_url: str, sql: str) -> list[tuple[Any, ...]]:
 
 @pytest.fixture
 def broker_settings(amqp_url: str, broker_namespace: str) -> dict[str, Any]:
-    return ServiceSettings(amqp_url=amqp_url, broker_namespace=broker_namespace).model_dump()
+    return ServiceSettings(amqp_url=amqp_url, broker_namespace=broker_namespace).model_dump(exclude_unset=True)
 
 
 @pytest.fixture

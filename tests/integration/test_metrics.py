@@ -36,7 +36,7 @@ WEBHOOKS = 4
 async def stack(
     aiohttp_server: Any, aiohttp_client: Any, database_url: str, amqp_url: str, broker_namespace: str
 ) -> dict[str, TestClient]:
-    broker = ServiceSettings(amqp_url=amqp_url, broker_namespace=broker_namespace).model_dump()
+    broker = ServiceSettings(amqp_url=amqp_url, broker_namespace=broker_namespace).model_dump(exclude_unset=True)
     conversation = await aiohttp_server(
         create_conversation_app(ConversationSettings(**broker, database_url=database_url))
     )

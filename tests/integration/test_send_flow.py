@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 async def stack(
     aiohttp_server: Any, aiohttp_client: Any, database_url: str, amqp_url: str, broker_namespace: str
 ) -> dict[str, TestClient | TestServer]:
-    broker = ServiceSettings(amqp_url=amqp_url, broker_namespace=broker_namespace).model_dump()
+    broker = ServiceSettings(amqp_url=amqp_url, broker_namespace=broker_namespace).model_dump(exclude_unset=True)
     fast_retry = {"provider_backoff_initial_seconds": 0.01, "provider_backoff_max_seconds": 0.05}
     conversation = await aiohttp_server(
         create_conversation_app(ConversationSettings(**broker, database_url=database_url))

@@ -51,7 +51,7 @@ FAST_RETRY = {"provider_backoff_initial_seconds": 0.01, "provider_backoff_max_se
 
 
 def broker_settings(amqp_url: str, broker_namespace: str) -> dict[str, Any]:
-    return ServiceSettings(amqp_url=amqp_url, broker_namespace=broker_namespace).model_dump()
+    return ServiceSettings(amqp_url=amqp_url, broker_namespace=broker_namespace).model_dump(exclude_unset=True)
 
 
 def gateway_settings(broker: dict[str, Any], conversation: TestServer, port: int, **overrides: Any) -> GatewaySettings:
