@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from yarl import URL
 
 from common import context as request_context
+from common.acks import Acks, Delivery
 from common.cancellation import honour_dropped_cancel
 from common.contracts import Contract
 from common.health import METRICS, READINESS_CHECKS
@@ -370,7 +371,9 @@ class Consumer(Generic[ContractT]):
     durable.
 
     Every delivery runs in a task of its own (aio-pika starts one per message), so a handler waiting
-    out a provider's backoff holds one of the channel's prefetch slots, not the whole queue.
+    out a provider's backoff holds one of the channel's prefetch slots, not the whole queue. The acks
+    of deliveries that finish together go out together (see common.acks), so the consumer must be
+    the only one on its queue's channel.
 
     `pause()` stops the deliveries while something every handler needs is away (the database): the
     ones in hand go on, their handlers retrying, for `hold_seconds`; those still unfinished then are
@@ -401,8 +404,9 @@ class Consumer(Generic[ContractT]):
         self._consumer_tag: str | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
         # The deliveries whose handler is running, and since when: the ones a pause can hand back.
-        self._handling: dict[asyncio.Task[Any], tuple[AbstractIncomingMessage, float]] = {}
+        self._handling: dict[asyncio.Task[Any], tuple[AbstractIncomingMessage, Delivery, float]] = {}
         self._hand_back_timer: asyncio.Task[None] | None = None
+        self._acks = Acks()
 
     @property
     def paused(self) -> bool:
@@ -460,30 +464,36 @@ class Consumer(Generic[ContractT]):
         loop = asyncio.get_running_loop()
         while self._handling:
             now = loop.time()
-            due = {task: message for task, (message, since) in self._handling.items() if now - since >= hold_seconds}
+            due = {
+                task: (message, delivery)
+                for task, (message, delivery, since) in self._handling.items()
+                if now - since >= hold_seconds
+            }
             if not due:
-                await asyncio.sleep(min(since for _, since in self._handling.values()) + hold_seconds - now)
+                await asyncio.sleep(min(since for _, _, since in self._handling.values()) + hold_seconds - now)
                 continue
             # A resume or a stop cancels the wait, not a hand-back under way: each delivery whose
             # handler it cancelled must be handed back.
             await asyncio.shield(self._hand_back_all(due, exchange))
 
     async def _hand_back_all(
-        self, due: dict[asyncio.Task[Any], AbstractIncomingMessage], exchange: AbstractExchange
+        self, due: dict[asyncio.Task[Any], tuple[AbstractIncomingMessage, Delivery]], exchange: AbstractExchange
     ) -> None:
         for task in due:
             task.cancel()
         await asyncio.gather(*due, return_exceptions=True)
-        returned = [message for task, message in due.items() if task.cancelled()]
-        for message in returned:
-            await self._hand_back(message, exchange)
+        returned = [held for task, held in due.items() if task.cancelled()]
+        for message, delivery in returned:
+            await self._hand_back(message, delivery, exchange)
         if returned:
             log.warning(
                 "handed back the deliveries held through a pause",
                 extra={"queue": self._queue.name, "count": len(returned)},
             )
 
-    async def _hand_back(self, message: AbstractIncomingMessage, exchange: AbstractExchange) -> None:
+    async def _hand_back(
+        self, message: AbstractIncomingMessage, delivery: Delivery, exchange: AbstractExchange
+    ) -> None:
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
                 await exchange.publish(
@@ -495,26 +505,27 @@ class Consumer(Generic[ContractT]):
                 "could not hand a held delivery back as a copy; it goes back counted",
                 extra={"queue": self._queue.name, "amqp_message_id": message.message_id, "error": repr(error)},
             )
-            await message.nack(requeue=True)
+            await self._settle(delivery, message.nack(requeue=True))
             return
-        await message.ack()
+        await self._acks.ack(delivery)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()
         assert task is not None
+        delivery = self._acks.received(message)
         self._in_flight.add(task)
         in_flight = self._metrics.consumer_in_flight.labels(queue=self._queue.name)
         in_flight.inc()
         if message.redelivered or _earlier_deliveries(message):
             self._metrics.consumer_redeliveries.labels(queue=self._queue.name).inc()
         try:
-            outcome = await self._process(message)
+            outcome = await self._process(message, delivery)
             self._metrics.consumer_deliveries.labels(queue=self._queue.name, outcome=outcome).inc()
         finally:
             in_flight.dec()
             self._in_flight.discard(task)
 
-    async def _process(self, message: AbstractIncomingMessage) -> str:
+    async def _process(self, message: AbstractIncomingMessage, delivery: Delivery) -> str:
         """What became of the delivery: acked, requeued or dead_lettered."""
         context = {
             "queue": self._queue.name,
@@ -529,7 +540,7 @@ class Consumer(Generic[ContractT]):
                 "dead-lettering a message that breaks the contract",
                 extra={**context, "errors": error.errors(include_url=False, include_context=False)},
             )
-            await message.reject(requeue=False)
+            await self._settle(delivery, message.reject(requeue=False))
             self._metrics.dead_letters.labels(queue=self._queue.name, reason="contract").inc()
             return "dead_lettered"
         # Each delivery runs in a task of its own: this is its context alone, for every log line of it.
@@ -537,7 +548,7 @@ class Consumer(Generic[ContractT]):
         task = asyncio.current_task()
         assert task is not None
         try:
-            self._handling[task] = (message, asyncio.get_running_loop().time())
+            self._handling[task] = (message, delivery, asyncio.get_running_loop().time())
             try:
                 await self._handler(contract)
             finally:
@@ -555,15 +566,25 @@ class Consumer(Generic[ContractT]):
                 # The broker would dead-letter it after this nack anyway, but silently; rejecting it
                 # here puts the handler's error next to every dead letter in the logs.
                 log.exception("dead-lettering a message whose handler failed on its last delivery", extra=context)
-                await message.reject(requeue=False)
+                await self._settle(delivery, message.reject(requeue=False))
                 self._metrics.dead_letters.labels(queue=self._queue.name, reason="handler").inc()
                 return "dead_lettered"
             log.exception("handler failed; message goes back to the queue", extra=context)
             await asyncio.sleep(self._redelivery_delay)
-            await message.nack(requeue=True)
+            await self._settle(delivery, message.nack(requeue=True))
             return "requeued"
-        await message.ack()
+        await self._acks.ack(delivery)
         return "acked"
+
+    async def _settle(self, delivery: Delivery, sent: Awaitable[None]) -> None:
+        """Send a nack or a reject; only once it is sent may a multiple ack reach past the delivery."""
+        try:
+            await sent
+        except Exception:
+            # Its channel is gone, and the delivery with it back on the queue.
+            self._acks.settled(delivery)
+            raise
+        self._acks.settled(delivery)
 
 
 def _earlier_deliveries(message: AbstractIncomingMessage) -> int:

@@ -207,6 +207,102 @@ async def test_stop_returns_unfinished_work_to_the_queue_when_the_grace_runs_out
     await eventually(requeued, "the unfinished message back on the queue")
 
 
+async def acks_sent_on(bus: Bus) -> list[tuple[int, bool]]:
+    """Every ack frame the consumer's channel sends from now on, as (delivery tag, multiple)."""
+    channel = await bus.channel.get_underlay_channel()
+    sent: list[tuple[int, bool]] = []
+    send = channel.basic_ack
+
+    async def recording(delivery_tag: int, multiple: bool = False, wait: bool = True) -> None:
+        sent.append((delivery_tag, multiple))
+        await send(delivery_tag, multiple=multiple, wait=wait)
+
+    channel.basic_ack = recording  # type: ignore[method-assign]
+    return sent
+
+
+async def test_deliveries_that_finish_together_are_acked_with_one_frame(bus: Bus) -> None:
+    arrived: list[MessageReceived] = []
+    all_arrived = asyncio.Event()
+
+    async def one_batch(event: MessageReceived) -> None:
+        arrived.append(event)
+        if len(arrived) == 5:
+            all_arrived.set()
+        await all_arrived.wait()
+
+    sent = await acks_sent_on(bus)
+    consumer = consumer_of(bus, one_batch)
+    for _ in range(5):
+        await bus.publisher.publish(message_received())
+    await consumer.start()
+    try:
+        await eventually(lambda: _equal(len(sent), 1), "the batch's ack sent")
+    finally:
+        await consumer.stop(grace_seconds=1)
+
+    assert sent == [(5, True)]
+    await bus.channel.close()
+    events = await (await bus.connection.channel()).get_queue(bus.events.name)
+    assert await message_count(events) == 0
+
+
+async def test_a_delivery_still_in_hand_is_not_acked_with_the_ones_after_it(bus: Bus) -> None:
+    first = message_received()
+    rest_done = 0
+
+    async def first_stuck(event: MessageReceived) -> None:
+        nonlocal rest_done
+        if event == first:
+            await asyncio.sleep(60)
+        rest_done += 1
+
+    sent = await acks_sent_on(bus)
+    consumer = consumer_of(bus, first_stuck)
+    await bus.publisher.publish(first)
+    for _ in range(4):
+        await bus.publisher.publish(message_received())
+    await consumer.start()
+    await eventually(lambda: _equal(len({tag for tag, _ in sent}), 4), "the four after the first acked")
+    await consumer.stop(grace_seconds=0.1)
+    await bus.channel.close()
+
+    assert rest_done == 4
+    assert all(not multiple for _, multiple in sent), sent
+    events = await (await bus.connection.channel()).get_queue(bus.events.name)
+    assert await message_count(events) == 1
+    left = await events.get(timeout=5)
+    assert message_event_adapter.validate_json(left.body) == first
+
+
+async def test_a_delivery_requeued_between_acked_ones_comes_again(bus: Bus) -> None:
+    middle = message_received()
+    events = [message_received(), middle, message_received()]
+    handled: list[MessageReceived] = []
+
+    async def middle_fails_once(event: MessageReceived) -> None:
+        handled.append(event)
+        if event == middle and handled.count(middle) == 1:
+            raise RuntimeError("the database said no")
+
+    consumer = consumer_of(bus, middle_fails_once)
+    for event in events:
+        await bus.publisher.publish(event)
+    await consumer.start()
+    try:
+        await eventually(lambda: _equal(handled.count(middle), 2), "the requeued delivery handled again")
+    finally:
+        await consumer.stop(grace_seconds=1)
+
+    assert sorted(event.event_id for event in handled) == sorted(event.event_id for event in [*events, middle])
+    assert await message_count(bus.events) == 0
+    assert await message_count(bus.dead_letters) == 0
+
+
+async def _equal(actual: int, expected: int) -> bool:
+    return actual == expected
+
+
 async def test_a_paused_consumer_hands_back_what_it_holds_uncounted_and_takes_it_again_on_resume(bus: Bus) -> None:
     deliveries: list[MessageReceived] = []
     stuck = asyncio.Event()
