@@ -34,10 +34,7 @@ from conversation_service.schema import (
 )
 
 _EMPTY_ARRAY = sa.literal_column("'[]'::json")
-# What pydantic writes for an aware datetime in UTC: ISO 8601 with a `Z`, microseconds only when there
-# are any. The session's time zone does not enter into it.
-_WHOLE_SECOND = sa.literal_column("""'YYYY-MM-DD"T"HH24:MI:SS"Z"'""")
-_FRACTIONAL_SECOND = sa.literal_column("""'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'""")
+_MICROSECONDS = sa.literal_column("""'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'""")
 
 _ACCOUNT = sa.bindparam("account", type_=UUID)
 _LIMIT = sa.bindparam("limit", type_=sa.Integer)
@@ -46,9 +43,13 @@ _FETCH = sa.bindparam("fetch", type_=sa.Integer)
 
 
 def _utc_text(value: sa.sql.ColumnElement) -> sa.sql.ColumnElement:
-    utc = sa.func.timezone(sa.literal_column("'UTC'"), value)
-    whole = sa.func.date_trunc(sa.literal_column("'second'"), utc) == utc
-    return sa.func.to_char(utc, sa.case((whole, _WHOLE_SECOND), else_=_FRACTIONAL_SECOND))
+    """What pydantic writes for an aware datetime in UTC: ISO 8601 with a `Z`, microseconds only when
+    there are any. The session's time zone does not enter into it.
+
+    Testing the value for a fraction took PostgreSQL a fifth to a half of the conversations page's
+    time; dropping a zero fraction from the text costs next to nothing."""
+    text = sa.func.to_char(sa.func.timezone(sa.literal_column("'UTC'"), value), _MICROSECONDS)
+    return sa.func.replace(text, sa.literal_column("'.000000Z'"), sa.literal_column("'Z'"))
 
 
 def _json_object(model: type[BaseModel], values: dict[str, Any]) -> sa.sql.ColumnElement:
