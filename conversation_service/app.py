@@ -1,7 +1,6 @@
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
-from aiopg.sa import create_engine
 
 from common.broker import broker_ctx, consumer_ctx
 from common.contracts import message_event_adapter
@@ -11,6 +10,7 @@ from common.settings import Profile
 from conversation_service.account_routes import ACCOUNT_STORE, add_account_routes
 from conversation_service.accounts import AccountStore
 from conversation_service.api import REPOSITORY, SETTINGS, add_read_routes
+from conversation_service.database import connect
 from conversation_service.handlers import EventHandler
 from conversation_service.housekeeping import chore_ctx
 from conversation_service.idempotency import KEY_STORE, IdempotencyKeyStore, add_key_routes
@@ -69,7 +69,7 @@ def create_app(settings: ConversationSettings, *, repository: MessageRepository 
 
 def database_ctx(settings: ConversationSettings) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        async with create_engine(settings.database_url, maxsize=settings.database_pool_size) as engine:
+        async with connect(settings.database_url, pool_size=settings.database_pool_size) as engine:
             repository = MessageRepository(
                 engine,
                 retry_max_interval=settings.database_retry_max_interval_seconds,

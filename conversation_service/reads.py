@@ -1,9 +1,9 @@
 """Keyset-paged reads of conversations and messages, for one account, to which another account's ids
 look exactly like ids that do not exist.
 
-A read is one statement, compiled once, and PostgreSQL writes the answer's JSON itself, in the shapes
-of common.conversations: Python neither parses the rows nor builds a model per row, and the gateway
-relays the bytes as they are. Only a page's envelope and its cursor are written here.
+A read is one statement, compiled once and prepared once per connection, and PostgreSQL writes the
+answer's JSON itself, in the shapes of common.conversations: Python neither parses the rows nor builds
+a model per row, and the gateway relays the bytes as they are. Only a page's envelope and its cursor are written here.
 """
 
 import json
@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import UUID, aggregate_order_by
 
 from common.conversations import ConversationView, MessageDetail, MessageView, StatusChange
 from common.errors import NotFound
-from conversation_service.database import Compiled, Database
+from conversation_service.database import Database, Prepared
 from conversation_service.pagination import (
     ConversationPosition,
     MessagePosition,
@@ -85,14 +85,12 @@ def _as_text(json_value: sa.sql.ColumnElement, name: str) -> sa.sql.ColumnElemen
     return sa.cast(json_value, sa.Text).label(name)
 
 
-def _after(table: sa.Table, position: type[Position]) -> tuple[sa.sql.ColumnElement, sa.sql.ColumnElement]:
-    """Whether the read has no cursor, and the cursor's sort key as a row value.
+def _after(table: sa.Table, position: type[Position]) -> sa.sql.ColumnElement:
+    """The cursor's sort key as a row value.
 
-    One statement serves the first page and the next ones: psycopg2 writes the parameters into the SQL,
-    so PostgreSQL folds the test away before planning and the keyset condition stays an index bound."""
-    names = list(position.model_fields)
-    no_cursor = sa.bindparam(f"after_{names[0]}", type_=table.c[names[0]].type).is_(None)
-    return no_cursor, sa.tuple_(*(sa.bindparam(f"after_{name}", type_=table.c[name].type) for name in names))
+    The first page and the next ones are two statements: planned once for any parameters, a test for a
+    missing cursor would keep the keyset condition from being an index bound."""
+    return sa.tuple_(*(sa.bindparam(f"after_{name}", type_=table.c[name].type) for name in position.model_fields))
 
 
 def _numbered(rows: sa.sql.Select, order: tuple[sa.sql.ColumnElement, ...]) -> sa.sql.Subquery:
@@ -120,16 +118,14 @@ def _page_columns(page: sa.sql.Subquery, item: Any, position: type[Position]) ->
     ]
 
 
-def _list_conversations() -> Compiled:
+def _list_conversations(*, after_cursor: bool) -> Prepared:
     order = (conversations.c.last_message_at.desc(), conversations.c.id.desc())
-    no_cursor, after = _after(conversations, ConversationPosition)
-    page = _numbered(
-        sa.select(conversations).where(
-            conversations.c.account_id == _ACCOUNT,
-            sa.or_(no_cursor, sa.tuple_(conversations.c.last_message_at, conversations.c.id) < after),
-        ),
-        order,
-    )
+    rows = sa.select(conversations).where(conversations.c.account_id == _ACCOUNT)
+    if after_cursor:
+        rows = rows.where(
+            sa.tuple_(conversations.c.last_message_at, conversations.c.id) < _after(conversations, ConversationPosition)
+        )
+    page = _numbered(rows, order)
     last_message = messages.alias("last_message")
     channel = sa.func.unnest(page.c.channels).table_valued("channel").render_derived(name="channels")
     conversation = _json_object(
@@ -147,33 +143,28 @@ def _list_conversations() -> Compiled:
             "created_at": page.c.created_at,
         },
     )
-    return Compiled.of(
+    return Prepared.of(
         sa.select(*_page_columns(page, conversation, ConversationPosition)).select_from(
             page.outerjoin(last_message, last_message.c.id == page.c.last_message_id)
         )
     )
 
 
-def _list_messages() -> Compiled:
+def _list_messages(*, after_cursor: bool) -> Prepared:
     conversation_id = sa.bindparam("conversation_id", type_=sa.BigInteger)
-    no_cursor, after = _after(messages, MessagePosition)
-    page = _numbered(
-        sa.select(messages).where(
-            messages.c.conversation_id == conversation_id,
-            messages.c.account_id == _ACCOUNT,
-            sa.or_(no_cursor, sa.tuple_(messages.c.timestamp, messages.c.seq) > after),
-        ),
-        (messages.c.timestamp, messages.c.seq),
-    )
+    rows = sa.select(messages).where(messages.c.conversation_id == conversation_id, messages.c.account_id == _ACCOUNT)
+    if after_cursor:
+        rows = rows.where(sa.tuple_(messages.c.timestamp, messages.c.seq) > _after(messages, MessagePosition))
+    page = _numbered(rows, (messages.c.timestamp, messages.c.seq))
     # In the same statement, so that an empty page tells a conversation without these messages from
     # one that is not there (or another account's).
     found = sa.exists().where(conversations.c.id == conversation_id, conversations.c.account_id == _ACCOUNT)
-    return Compiled.of(
+    return Prepared.of(
         sa.select(found.label("found"), *_page_columns(page, _message_object(page), MessagePosition)).select_from(page)
     )
 
 
-def _get_message() -> Compiled:
+def _get_message() -> Prepared:
     """The message and its history in lifecycle order, by one statement so that both come from one snapshot."""
     history = message_status_history
     change = _json_object(
@@ -192,15 +183,17 @@ def _get_message() -> Compiled:
         .correlate(messages)
         .scalar_subquery()
     )
-    return Compiled.of(
+    return Prepared.of(
         sa.select(_as_text(_message_object(messages, MessageDetail, history=changes), "message")).where(
             messages.c.id == sa.bindparam("message_id", type_=UUID), messages.c.account_id == _ACCOUNT
         )
     )
 
 
-_LIST_CONVERSATIONS = _list_conversations()
-_LIST_MESSAGES = _list_messages()
+_FIRST_CONVERSATIONS = _list_conversations(after_cursor=False)
+_NEXT_CONVERSATIONS = _list_conversations(after_cursor=True)
+_FIRST_MESSAGES = _list_messages(after_cursor=False)
+_NEXT_MESSAGES = _list_messages(after_cursor=True)
 _GET_MESSAGE = _get_message()
 
 
@@ -209,7 +202,7 @@ def _page_parameters(account_id: uuid.UUID, limit: int, after: Position | None, 
         "account": str(account_id),
         "limit": limit,
         "fetch": limit + 1,
-        **{f"after_{name}": getattr(after, name, None) for name in position.model_fields},
+        **({f"after_{name}": getattr(after, name) for name in position.model_fields} if after else {}),
     }
 
 
@@ -234,7 +227,8 @@ class MessageReader:
     async def list_conversations(self, account_id: uuid.UUID, limit: int, cursor: str | None = None) -> bytes:
         after = decode_cursor(cursor, ConversationPosition) if cursor is not None else None
         parameters = _page_parameters(account_id, limit, after, ConversationPosition)
-        [page] = await self._database.read(lambda connection: _LIST_CONVERSATIONS.execute(connection, parameters))
+        statement = _NEXT_CONVERSATIONS if after else _FIRST_CONVERSATIONS
+        [page] = await self._database.read(lambda connection: statement.execute(connection, parameters))
         return _json_body(conversations=page.items_json, next_cursor=_next_cursor(page, ConversationPosition))
 
     async def list_messages(
@@ -243,7 +237,8 @@ class MessageReader:
         """Another account's conversation is not found, exactly like one that does not exist."""
         after = decode_cursor(cursor, MessagePosition) if cursor is not None else None
         parameters = {"conversation_id": conversation_id, **_page_parameters(account_id, limit, after, MessagePosition)}
-        [page] = await self._database.read(lambda connection: _LIST_MESSAGES.execute(connection, parameters))
+        statement = _NEXT_MESSAGES if after else _FIRST_MESSAGES
+        [page] = await self._database.read(lambda connection: statement.execute(connection, parameters))
         if not page.found:
             raise NotFound(f"conversation {conversation_id} not found")
         return _json_body(

@@ -29,6 +29,7 @@ from common.contracts import (
 )
 from common.conversations import ConversationList, ConversationView, MessageDetail, MessageList, MessageView
 from common.errors import InvalidRequest, NotFound, ServiceUnavailable
+from conversation_service.database import connect
 from conversation_service.handlers import WriteOutcome
 from conversation_service.migrate import create_roles_and_database, drop_database
 from conversation_service.repository import MessageRepository
@@ -59,7 +60,7 @@ ItemT = TypeVar("ItemT")
 
 @pytest.fixture
 async def engine(database_url: str) -> AsyncIterator[Engine]:
-    async with create_engine(database_url, maxsize=20) as engine:
+    async with connect(database_url, pool_size=20) as engine:
         yield engine
 
 
@@ -392,6 +393,8 @@ async def test_a_read_survives_the_database_dropping_its_connections(
 ) -> None:
     command = send_message()
     await repository.store_outbound(command)
+    # Read once first, so that the connection dropped is one the read's statement was prepared on.
+    await read_message(repository, DEVELOPMENT_ACCOUNT_ID, command.message_id)
     drop_connections_of(database_url)
 
     assert (await read_message(repository, DEVELOPMENT_ACCOUNT_ID, command.message_id)).id == command.message_id
