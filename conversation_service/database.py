@@ -2,13 +2,14 @@
 through a lost connection, reads that give up in time, and statements compiled once.
 
 aiopg's quirks stay here: its connects and statements can drop a cancel on Python 3.11 (see
-common.cancellation), and it compiles a Core statement on every execution unless given SQL text.
+common.cancellation), it compiles a Core statement on every execution unless given SQL text, and
+psycopg2 sends every statement as text, to be planned again, unless it is prepared.
 """
 
 import asyncio
-import hashlib
 import logging
 import re
+import secrets
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -44,9 +45,9 @@ CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 def connect(database_url: str, *, pool_size: int) -> Any:
     """The pool of connections every store of the process shares, as an async context manager.
 
-    Its sessions plan each prepared statement once, for any parameters. The prepared statements are the
-    keyset reads, whose best plan is the same for every account, conversation and cursor; PostgreSQL's
-    own choice planned the messages page afresh on every execution."""
+    Its sessions plan each prepared statement once, for any parameters: the keyset reads, whose best
+    plan is the same for every account, conversation and cursor, and the writes, whose parameters are
+    a batch's arrays. PostgreSQL's own choice planned the messages page afresh on every execution."""
     return create_engine(database_url, maxsize=pool_size, options="-c plan_cache_mode=force_generic_plan")
 
 
@@ -161,44 +162,24 @@ def _log_retry(attempt: int, error: BaseException | None) -> None:
 
 
 @dataclass(frozen=True)
-class Compiled:
-    """A statement compiled once, at import.
+class Prepared:
+    """A statement compiled once, at import, and planned once per connection: its first use on a
+    connection sends `PREPARE`, every use `EXECUTE` (its `sql`).
 
-    aiopg compiles a Core statement on every execution; for the per-message writes and the reads of
-    a page that costs more CPU than PostgreSQL spends running them. The SQL text takes plain psycopg2 parameters: the
-    constants SQLAlchemy bound while building the statement, plus the caller's values, which are
-    given in types psycopg2 adapts itself (UUIDs as text, JSON wrapped).
+    aiopg compiles a Core statement on every execution, and PostgreSQL plans every statement psycopg2
+    sends it as text: for a page's read each cost about as much as running it, and a small batch of
+    writes spent a millisecond planning. The parameters are plain psycopg2 ones: the constants
+    SQLAlchemy bound while building the statement, plus the caller's values, in types psycopg2
+    adapts itself (UUIDs as text, JSON wrapped, lists as ARRAYs). Each needs a type, the statement's
+    parameter type, into which PostgreSQL coerces the value psycopg2 wrote.
+
+    A prepared statement outlives a rolled-back transaction, and aiopg closes a connection whose
+    statement it abandons (a cancel, a timeout): one that answered holds it.
     """
 
     sql: str
     constants: Mapping[str, Any]
-
-    @classmethod
-    def of(cls, statement: sa.sql.ClauseElement) -> "Compiled":
-        compiled = statement.compile(dialect=pg.dialect())
-        return cls(str(compiled), _constants(compiled))
-
-    async def scalar(self, connection: SAConnection, params: Mapping[str, Any]) -> Any:
-        return await connection.scalar(self.sql, {**self.constants, **params})
-
-    async def execute(self, connection: SAConnection, params: Mapping[str, Any]) -> list[RowProxy]:
-        result = await connection.execute(self.sql, {**self.constants, **params})
-        return await result.fetchall() if result.returns_rows else []
-
-
-@dataclass(frozen=True)
-class Prepared(Compiled):
-    """A statement compiled once and planned once per connection: its first use on a connection sends
-    `PREPARE`, every use `EXECUTE` (its `sql`), with the same parameters as a `Compiled` statement's.
-
-    For a page's read, planning cost PostgreSQL about half as much again as running it. Each parameter
-    needs a type: the writes' text() statements stay `Compiled`, since psycopg2 sends a list as an
-    ARRAY of text, which `EXECUTE` will not take for a uuid[] parameter (and a batch of writes plans
-    once for all its events). A prepared statement outlives a rolled-back transaction, and aiopg closes
-    a connection whose statement it abandons (a cancel, a timeout): one that answered holds it.
-    """
-
-    prepare: str = ""
+    prepare: str
     # aiopg's connections, each for as long as it lives: the pool's new ones prepare the statement afresh.
     prepared_on: "weakref.WeakSet[Any]" = field(default_factory=weakref.WeakSet, compare=False, repr=False)
 
@@ -221,27 +202,30 @@ class Prepared(Compiled):
             return f"${order.index(match.group(1)) + 1}"
 
         body = re.sub(r"%\((\w+)\)s|%%", number, str(compiled))
-        name = "prepared_" + hashlib.blake2b(body.encode(), digest_size=12).hexdigest()
+        # Its own name, even beside a copy of the same SQL (another module's) on the same connection.
+        name = f"prepared_{secrets.token_hex(8)}"
         types = ", ".join(binds[parameter].type.compile(dialect=dialect) for parameter in order)
         arguments = ", ".join(f"%({parameter})s" for parameter in order)
         return cls(
-            sql=f"EXECUTE {name}({arguments})",
+            sql=f"EXECUTE {name}({arguments})" if order else f"EXECUTE {name}",
             constants=_constants(compiled),
-            prepare=f"PREPARE {name}({types}) AS {body}",
+            prepare=f"PREPARE {name}({types}) AS {body}" if order else f"PREPARE {name} AS {body}",
         )
 
     async def scalar(self, connection: SAConnection, params: Mapping[str, Any]) -> Any:
-        await self._prepare_on(connection, params)
-        return await super().scalar(connection, params)
+        values = await self._prepared_on(connection, params)
+        return await connection.scalar(self.sql, values)
 
     async def execute(self, connection: SAConnection, params: Mapping[str, Any]) -> list[RowProxy]:
-        await self._prepare_on(connection, params)
-        return await super().execute(connection, params)
+        result = await connection.execute(self.sql, await self._prepared_on(connection, params))
+        return await result.fetchall() if result.returns_rows else []
 
-    async def _prepare_on(self, connection: SAConnection, params: Mapping[str, Any]) -> None:
+    async def _prepared_on(self, connection: SAConnection, params: Mapping[str, Any]) -> dict[str, Any]:
+        values = {**self.constants, **params}
         if connection.connection not in self.prepared_on:
-            await connection.execute(self.prepare, {**self.constants, **params})
+            await connection.execute(self.prepare, values)
             self.prepared_on.add(connection.connection)
+        return values
 
 
 def _constants(compiled: sa.sql.compiler.Compiled) -> Mapping[str, Any]:

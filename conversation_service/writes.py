@@ -44,7 +44,7 @@ from common.contracts import (
     MessageStatusChanged,
     SendMessage,
 )
-from conversation_service.database import Compiled, Database
+from conversation_service.database import Database, Prepared
 from conversation_service.handlers import WriteOutcome
 from conversation_service.schema import (
     OUTCOME_FIRST,
@@ -331,109 +331,116 @@ _MESSAGE_COLUMNS = (
 _MESSAGE_TYPES = ("uuid", "bigint", "uuid", "text", "text", "text", "text", "text", "jsonb", "timestamptz")
 
 
+# psycopg2 writes a list as an ARRAY of its elements' type, which EXECUTE coerces only into text[]
+# (a cast to text is an assignment cast): so every array goes in as text[], and the SQL casts it.
+_ARRAY = pg.ARRAY(sa.Text)
+_TIMESTAMP = sa.DateTime(timezone=True)
+
+
+def _statement(sql: str, *, arrays: Sequence[str] = (), **scalars: sa.types.TypeEngine) -> Prepared:
+    """A write's statement, its parameters typed: the `arrays`, and the `scalars` in their types."""
+    types = {name: _ARRAY for name in arrays} | scalars
+    return Prepared.of(sa.text(sql).bindparams(*(sa.bindparam(name, type_=type_) for name, type_ in types.items())))
+
+
 def _unnest(columns: Sequence[str], types: Sequence[str]) -> str:
     return ", ".join(f"CAST(:{name} AS {type_}[])" for name, type_ in zip(columns, types, strict=True))
 
 
 # The lock every writer of a message takes first. The whole batch's in one statement, the ids sorted
 # by the caller: unnest() yields them in that order.
-_LOCK_MESSAGES = Compiled.of(
-    sa.text(
-        "SELECT count(pg_advisory_xact_lock(hashtextextended(id, 0))) FROM unnest(CAST(:message_ids AS text[])) AS id"
-    )
+_LOCK_MESSAGES = _statement(
+    "SELECT count(pg_advisory_xact_lock(hashtextextended(id, 0))) FROM unnest(CAST(:message_ids AS text[])) AS id",
+    arrays=("message_ids",),
 )
 _ENTRY_COLUMNS = ("message_id", "status", "occurred_at", "attempts", "provider", "provider_message_id", "error")
 _ENTRY_TYPES = ("uuid", "text", "timestamptz", "integer", "text", "text", "text")
 # An entry whose status the message has already recorded is a replay: it adds nothing. Returns the
 # ids of the messages whose entry was added, NULL if none was.
-_ADD_ENTRIES = Compiled.of(
-    sa.text(
-        f"WITH added AS (INSERT INTO message_status_history ({', '.join(_ENTRY_COLUMNS)}) "
-        f"SELECT * FROM unnest({_unnest(_ENTRY_COLUMNS, _ENTRY_TYPES)}) "
-        "ON CONFLICT DO NOTHING RETURNING message_id) "
-        "SELECT array_agg(CAST(message_id AS text)) FROM added"
-    )
+_ADD_ENTRIES = _statement(
+    f"WITH added AS (INSERT INTO message_status_history ({', '.join(_ENTRY_COLUMNS)}) "
+    f"SELECT * FROM unnest({_unnest(_ENTRY_COLUMNS, _ENTRY_TYPES)}) "
+    "ON CONFLICT DO NOTHING RETURNING message_id) "
+    "SELECT array_agg(CAST(message_id AS text)) FROM added",
+    arrays=_ENTRY_COLUMNS,
 )
 # `updated_at` moves only if something visible changed (an entry that ranks below the status changes
 # nothing). Returns the ids of the messages stored, NULL if none is.
-_REFRESH_STATUSES = Compiled.of(
-    sa.text(
-        "WITH refreshed AS (UPDATE messages SET "
-        + ", ".join(f"{name} = derived.{name}" for name in _STATUS_COLUMNS)
-        + ", updated_at = CASE WHEN ("
-        + ", ".join(f"messages.{name}" for name in _STATUS_COLUMNS)
-        + ") IS DISTINCT FROM ("
-        + ", ".join(f"derived.{name}" for name in _STATUS_COLUMNS)
-        + ") THEN now() ELSE messages.updated_at END "
-        f"FROM ({_DERIVED_STATUSES}) AS derived WHERE messages.id = derived.message_id RETURNING messages.id) "
-        "SELECT array_agg(CAST(id AS text)) FROM refreshed"
-    )
+_REFRESH_STATUSES = _statement(
+    "WITH refreshed AS (UPDATE messages SET "
+    + ", ".join(f"{name} = derived.{name}" for name in _STATUS_COLUMNS)
+    + ", updated_at = CASE WHEN ("
+    + ", ".join(f"messages.{name}" for name in _STATUS_COLUMNS)
+    + ") IS DISTINCT FROM ("
+    + ", ".join(f"derived.{name}" for name in _STATUS_COLUMNS)
+    + ") THEN now() ELSE messages.updated_at END "
+    f"FROM ({_DERIVED_STATUSES}) AS derived WHERE messages.id = derived.message_id RETURNING messages.id) "
+    "SELECT array_agg(CAST(id AS text)) FROM refreshed",
+    arrays=("message_ids",),
 )
 _KEYS = "unnest(CAST(:account_ids AS uuid[]), CAST(:participant_keys AS text[]))"
 # Each key's conversation id, or NULL, in the keys' order. Their rows are locked here, in id order,
 # as the batch will update them: two batches cannot each hold a row the other waits for.
-_FIND_CONVERSATIONS = Compiled.of(
-    sa.text(
-        f"SELECT array_agg(found.id ORDER BY keys.n) "
-        f"FROM {_KEYS} WITH ORDINALITY AS keys(account_id, participant_key, n) "
-        "LEFT JOIN (SELECT id, account_id, participant_key FROM conversations "
-        f"WHERE (account_id, participant_key) IN (SELECT * FROM {_KEYS}) ORDER BY id FOR NO KEY UPDATE) AS found "
-        "USING (account_id, participant_key)"
-    )
+_FIND_CONVERSATIONS = _statement(
+    f"SELECT array_agg(found.id ORDER BY keys.n) "
+    f"FROM {_KEYS} WITH ORDINALITY AS keys(account_id, participant_key, n) "
+    "LEFT JOIN (SELECT id, account_id, participant_key FROM conversations "
+    f"WHERE (account_id, participant_key) IN (SELECT * FROM {_KEYS}) ORDER BY id FOR NO KEY UPDATE) AS found "
+    "USING (account_id, participant_key)",
+    arrays=("account_ids", "participant_keys"),
 )
 # Per account and participants: creators of one conversation take turns, of different ones do not.
 # The caller sorts the keys, so that two batches take them in one order.
-_LOCK_PARTICIPANT_KEYS = Compiled.of(
-    sa.text(
-        "SELECT count(pg_advisory_xact_lock("
-        "hashtextextended(CAST(account_id AS text) || :separator || participant_key, 0))) "
-        f"FROM {_KEYS} AS keys(account_id, participant_key)"
-    )
+_LOCK_PARTICIPANT_KEYS = _statement(
+    "SELECT count(pg_advisory_xact_lock("
+    "hashtextextended(CAST(account_id AS text) || :separator || participant_key, 0))) "
+    f"FROM {_KEYS} AS keys(account_id, participant_key)",
+    arrays=("account_ids", "participant_keys"),
+    separator=sa.Text(),
 )
 # The new conversations' ids, in the keys' order (which is the ids' order too), their participants
 # inserted by the same statement. ON CONFLICT keeps it safe even against a writer that skipped the
 # lock: it then returns the row the other one committed.
-_CREATE_CONVERSATIONS = Compiled.of(
-    sa.text(
-        "WITH new AS (SELECT * FROM unnest(CAST(:account_ids AS uuid[]), CAST(:participant_keys AS text[]), "
-        "CAST(:last_message_ats AS timestamptz[])) "
-        "WITH ORDINALITY AS new(account_id, participant_key, last_message_at, n)), "
-        "created AS (INSERT INTO conversations (account_id, participant_key, last_message_at) "
-        "SELECT account_id, participant_key, last_message_at FROM new ORDER BY n "
-        "ON CONFLICT (account_id, participant_key) DO UPDATE SET participant_key = excluded.participant_key "
-        "RETURNING id, account_id, participant_key), "
-        "participants AS (INSERT INTO conversation_participants (conversation_id, address) "
-        "SELECT id, unnest(string_to_array(participant_key, :separator)) FROM created ON CONFLICT DO NOTHING) "
-        "SELECT array_agg(created.id ORDER BY new.n) FROM new JOIN created USING (account_id, participant_key)"
-    )
+_CREATE_CONVERSATIONS = _statement(
+    "WITH new AS (SELECT * FROM unnest(CAST(:account_ids AS uuid[]), CAST(:participant_keys AS text[]), "
+    "CAST(:last_message_ats AS timestamptz[])) "
+    "WITH ORDINALITY AS new(account_id, participant_key, last_message_at, n)), "
+    "created AS (INSERT INTO conversations (account_id, participant_key, last_message_at) "
+    "SELECT account_id, participant_key, last_message_at FROM new ORDER BY n "
+    "ON CONFLICT (account_id, participant_key) DO UPDATE SET participant_key = excluded.participant_key "
+    "RETURNING id, account_id, participant_key), "
+    "participants AS (INSERT INTO conversation_participants (conversation_id, address) "
+    "SELECT id, unnest(string_to_array(participant_key, :separator)) FROM created ON CONFLICT DO NOTHING) "
+    "SELECT array_agg(created.id ORDER BY new.n) FROM new JOIN created USING (account_id, participant_key)",
+    arrays=("account_ids", "participant_keys", "last_message_ats"),
+    separator=sa.Text(),
 )
 # Insert the messages, their status derived from their history, unless they are there; and count the
 # ones that were not in their conversations, once per conversation: the count, the channels (in the
 # order they first came) and the latest message (of the latest timestamp; of equal ones, the last
 # stored). Messages go in in the batch's order, so that `seq` orders equal timestamps by arrival.
 # Returns the ids of the messages inserted, NULL if none was.
-_INSERT_MESSAGES = Compiled.of(
-    sa.text(
-        f"WITH batch AS (SELECT * FROM unnest({_unnest(_MESSAGE_COLUMNS, _MESSAGE_TYPES)}) "
-        f"WITH ORDINALITY AS batch({', '.join(_MESSAGE_COLUMNS)}, n)), "
-        f"inserted AS (INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)}, {', '.join(_STATUS_COLUMNS)}) "
-        f"SELECT {', '.join(f'batch.{name}' for name in _MESSAGE_COLUMNS)}, "
-        f"{', '.join(f'derived.{name}' for name in _STATUS_COLUMNS)} "
-        f"FROM batch JOIN ({_DERIVED_STATUSES}) AS derived ON derived.message_id = batch.id ORDER BY batch.n "
-        'ON CONFLICT DO NOTHING RETURNING id, conversation_id, type, "timestamp", seq), '
-        "counted AS (SELECT conversation_id, count(*) AS added, "
-        '(array_agg(id ORDER BY "timestamp" DESC, seq DESC))[1] AS latest_id, max("timestamp") AS latest_at, '
-        "array_agg(type ORDER BY seq) AS types FROM inserted GROUP BY conversation_id), "
-        "updated AS (UPDATE conversations SET message_count = conversations.message_count + counted.added, "
-        "channels = conversations.channels || ARRAY(SELECT type "
-        "FROM unnest(counted.types) WITH ORDINALITY AS t(type, n) "
-        "WHERE NOT type = ANY(conversations.channels) GROUP BY type ORDER BY min(n)), "
-        "last_message_id = CASE WHEN counted.latest_at >= conversations.last_message_at THEN counted.latest_id "
-        "ELSE conversations.last_message_id END, "
-        "last_message_at = GREATEST(conversations.last_message_at, counted.latest_at), updated_at = now() "
-        "FROM counted WHERE conversations.id = counted.conversation_id) "
-        "SELECT array_agg(CAST(id AS text)) FROM inserted"
-    )
+_INSERT_MESSAGES = _statement(
+    f"WITH batch AS (SELECT * FROM unnest({_unnest(_MESSAGE_COLUMNS, _MESSAGE_TYPES)}) "
+    f"WITH ORDINALITY AS batch({', '.join(_MESSAGE_COLUMNS)}, n)), "
+    f"inserted AS (INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)}, {', '.join(_STATUS_COLUMNS)}) "
+    f"SELECT {', '.join(f'batch.{name}' for name in _MESSAGE_COLUMNS)}, "
+    f"{', '.join(f'derived.{name}' for name in _STATUS_COLUMNS)} "
+    f"FROM batch JOIN ({_DERIVED_STATUSES}) AS derived ON derived.message_id = batch.id ORDER BY batch.n "
+    'ON CONFLICT DO NOTHING RETURNING id, conversation_id, type, "timestamp", seq), '
+    "counted AS (SELECT conversation_id, count(*) AS added, "
+    '(array_agg(id ORDER BY "timestamp" DESC, seq DESC))[1] AS latest_id, max("timestamp") AS latest_at, '
+    "array_agg(type ORDER BY seq) AS types FROM inserted GROUP BY conversation_id), "
+    "updated AS (UPDATE conversations SET message_count = conversations.message_count + counted.added, "
+    "channels = conversations.channels || ARRAY(SELECT type "
+    "FROM unnest(counted.types) WITH ORDINALITY AS t(type, n) "
+    "WHERE NOT type = ANY(conversations.channels) GROUP BY type ORDER BY min(n)), "
+    "last_message_id = CASE WHEN counted.latest_at >= conversations.last_message_at THEN counted.latest_id "
+    "ELSE conversations.last_message_id END, "
+    "last_message_at = GREATEST(conversations.last_message_at, counted.latest_at), updated_at = now() "
+    "FROM counted WHERE conversations.id = counted.conversation_id) "
+    "SELECT array_agg(CAST(id AS text)) FROM inserted",
+    arrays=(*_MESSAGE_COLUMNS, "message_ids"),
 )
 
 
@@ -444,42 +451,46 @@ _RECEIPT_CHANNELS = {
     Channel.EMAIL.value: {Channel.EMAIL.value},
 }
 
-_SEND_OF = Compiled.of(
-    sa.text(
-        "SELECT m.direction, m.type, m.status, s.provider AS sent_provider, "
-        "s.provider_message_id AS sent_provider_message_id, s.occurred_at AS sent_at "
-        "FROM messages m LEFT JOIN message_status_history s ON s.message_id = m.id AND s.status = 'sent' "
-        "WHERE m.id = CAST(:message_id AS uuid)"
-    )
+_SEND_OF = _statement(
+    "SELECT m.direction, m.type, m.status, s.provider AS sent_provider, "
+    "s.provider_message_id AS sent_provider_message_id, s.occurred_at AS sent_at "
+    "FROM messages m LEFT JOIN message_status_history s ON s.message_id = m.id AND s.status = 'sent' "
+    "WHERE m.id = CAST(:message_id AS uuid)",
+    message_id=sa.Text(),
 )
 _RECEIPT_COLUMNS = "message_id, status, channel, provider, provider_message_id, occurred_at, error"
-_PARK_RECEIPT = Compiled.of(
-    sa.text(
-        f"INSERT INTO pending_receipts ({_RECEIPT_COLUMNS}) VALUES (CAST(:message_id AS uuid), :status, :channel, "
-        ":provider, :provider_message_id, :occurred_at, :error) ON CONFLICT DO NOTHING RETURNING message_id"
-    )
+_RECEIPT_TYPES = {
+    "message_id": sa.Text(),
+    "status": sa.Text(),
+    "provider": sa.Text(),
+    "provider_message_id": sa.Text(),
+    "occurred_at": _TIMESTAMP,
+    "error": sa.Text(),
+}
+_PARK_RECEIPT = _statement(
+    f"INSERT INTO pending_receipts ({_RECEIPT_COLUMNS}) VALUES (CAST(:message_id AS uuid), :status, :channel, "
+    ":provider, :provider_message_id, :occurred_at, :error) ON CONFLICT DO NOTHING RETURNING message_id",
+    **_RECEIPT_TYPES,
+    channel=sa.Text(),
 )
-_TAKE_PENDING_RECEIPTS = Compiled.of(
-    sa.text(
-        "DELETE FROM pending_receipts WHERE message_id = ANY(CAST(:message_ids AS uuid[])) "
-        f"RETURNING {_RECEIPT_COLUMNS}"
-    )
+_TAKE_PENDING_RECEIPTS = _statement(
+    f"DELETE FROM pending_receipts WHERE message_id = ANY(CAST(:message_ids AS uuid[])) RETURNING {_RECEIPT_COLUMNS}",
+    arrays=("message_ids",),
 )
-_EXPIRE_PENDING_RECEIPTS = Compiled.of(
-    sa.text(
-        "DELETE FROM pending_receipts WHERE received_at < now() - make_interval(secs => :older_than) "
-        "RETURNING message_id"
-    )
+_EXPIRE_PENDING_RECEIPTS = _statement(
+    "DELETE FROM pending_receipts WHERE received_at < now() - make_interval(secs => :older_than) RETURNING message_id",
+    older_than=sa.Float(),
 )
 # A provider's clock is not ours: a receipt is dated no earlier than the send it reports on, and no
 # later than now and a little, so neither a 1970 nor a 2099 date can reorder the history.
-_RECORD_RECEIPT_ENTRY = Compiled.of(
-    sa.text(
-        "INSERT INTO message_status_history (message_id, status, occurred_at, provider, provider_message_id, error) "
-        "VALUES (CAST(:message_id AS uuid), :status, "
-        "GREATEST(:sent_at, LEAST(:occurred_at, now() + make_interval(secs => :skew))), "
-        ":provider, :provider_message_id, :error) ON CONFLICT DO NOTHING RETURNING message_id"
-    )
+_RECORD_RECEIPT_ENTRY = _statement(
+    "INSERT INTO message_status_history (message_id, status, occurred_at, provider, provider_message_id, error) "
+    "VALUES (CAST(:message_id AS uuid), :status, "
+    "GREATEST(:sent_at, LEAST(:occurred_at, now() + make_interval(secs => :skew))), "
+    ":provider, :provider_message_id, :error) ON CONFLICT DO NOTHING RETURNING message_id",
+    **_RECEIPT_TYPES,
+    sent_at=_TIMESTAMP,
+    skew=sa.Float(),
 )
 
 

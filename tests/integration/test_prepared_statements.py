@@ -55,6 +55,12 @@ async def test_a_new_connection_prepares_the_statement_again(database_url: str) 
             assert await _plans(connection, statement) == (1, 0)
 
 
+async def test_a_statement_without_parameters(database_url: str) -> None:
+    statement = Prepared.of(sa.select(sa.literal_column("'100%'")))
+    async with connect(database_url, pool_size=1) as engine, engine.acquire() as connection:
+        assert [await statement.scalar(connection, {}) for _ in range(2)] == ["100%", "100%"]
+
+
 def test_a_statement_with_an_untyped_parameter_is_refused_at_import() -> None:
     with pytest.raises(TypeError, match="need types: status"):
         Prepared.of(sa.text("SELECT :status"))

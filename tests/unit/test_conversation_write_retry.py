@@ -32,6 +32,15 @@ class AnsweringConnection:
     async def __aexit__(self, *exc_info: object) -> None:
         return None
 
+    @property
+    def connection(self) -> "AnsweringConnection":
+        """What statements are prepared on."""
+        return self
+
+    async def execute(self, sql: str, params: dict[str, Any]) -> None:
+        """A PREPARE: it answers nothing."""
+        return None
+
     async def scalar(self, sql: str, params: dict[str, Any]) -> None:
         return None
 
