@@ -5,7 +5,8 @@ Concurrent submitters (as the consumer's deliveries in hand would be) store inbo
 few hundred conversations into a scratch database, first one transaction per event, then through
 the write batches at each (size, wait) asked for; prints events per second and the CPU this process
 spent per 1,000 events. `--compare FILE` runs the same against another version's writes.py (say,
-`git show REV:conversation_service/writes.py > /tmp/writes_rev.py`), in the same run.
+`git show REV:conversation_service/writes.py > /tmp/writes_rev.py`, for a REV whose writes.py uses
+database.Prepared, as they do since the writes were prepared), in the same run.
 
     .venv/bin/python bin/benchmark_writes.py --events 4000 --submitters 64 --grid 16:0.005 64:0.005
 """
