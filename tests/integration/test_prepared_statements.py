@@ -55,6 +55,22 @@ async def test_a_new_connection_prepares_the_statement_again(database_url: str) 
             assert await _plans(connection, statement) == (1, 0)
 
 
+async def test_a_statement_prepared_in_a_transaction_that_rolls_back_stays_prepared(database_url: str) -> None:
+    """What the connection's record relies on: PREPARE is not undone by a rollback."""
+    statement = _suffixed()
+
+    async def then_fail(connection: SAConnection) -> None:
+        assert await statement.scalar(connection, {"suffix": "a"}) == "100%a"
+        raise psycopg2.errors.UniqueViolation("the batch failed after the statement was prepared")
+
+    async with connect(database_url, pool_size=1) as engine:
+        database = Database(engine, retry_max_interval=0.05)
+        with pytest.raises(psycopg2.errors.UniqueViolation):
+            await database.write(then_fail)
+
+        assert await database.write(lambda connection: statement.scalar(connection, {"suffix": "b"})) == "100%b"
+
+
 async def test_a_statement_without_parameters(database_url: str) -> None:
     statement = Prepared.of(sa.select(sa.literal_column("'100%'")))
     async with connect(database_url, pool_size=1) as engine, engine.acquire() as connection:
