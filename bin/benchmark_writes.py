@@ -23,12 +23,11 @@ from types import ModuleType
 from typing import Any
 
 import psycopg2
-from aiopg.sa import create_engine
 from yarl import URL
 
 from common.accounts import DEVELOPMENT_ACCOUNT_ID, DEVELOPMENT_ACCOUNT_NAME
 from common.contracts import Channel, MessageContent, MessageReceived, inbound_message_id
-from conversation_service.database import Database
+from conversation_service.database import Database, connect
 from conversation_service.migrate import drop_database, migrate
 from conversation_service.settings import MigrationSettings
 from conversation_service.write_batches import WriteBatches, running
@@ -120,7 +119,7 @@ async def main() -> None:
     settings = scratch_settings()
     migrate(settings)
     try:
-        async with create_engine(settings.database_url, maxsize=arguments.pool_size) as engine:
+        async with connect(settings.database_url, pool_size=arguments.pool_size) as engine:
             database = Database(engine, retry_max_interval=1.0)
             writers: list[tuple[str, Any]] = [("this", MessageWriter(database))]
             writers += [(str(path), load_writes(path).MessageWriter(database)) for path in arguments.compare]

@@ -1,5 +1,5 @@
 """The database plumbing every store of conversation_service shares: a pool's transactions retried
-through a lost connection, reads that give up in time, and statements compiled once.
+through a lost connection, reads that give up in time, and statements compiled and prepared once.
 
 aiopg's quirks stay here: its connects and statements can drop a cancel on Python 3.11 (see
 common.cancellation), it compiles a Core statement on every execution unless given SQL text, and
@@ -213,14 +213,14 @@ class Prepared:
         )
 
     async def scalar(self, connection: SAConnection, params: Mapping[str, Any]) -> Any:
-        values = await self._prepared_on(connection, params)
-        return await connection.scalar(self.sql, values)
+        return await connection.scalar(self.sql, await self._values_on(connection, params))
 
     async def execute(self, connection: SAConnection, params: Mapping[str, Any]) -> list[RowProxy]:
-        result = await connection.execute(self.sql, await self._prepared_on(connection, params))
+        result = await connection.execute(self.sql, await self._values_on(connection, params))
         return await result.fetchall() if result.returns_rows else []
 
-    async def _prepared_on(self, connection: SAConnection, params: Mapping[str, Any]) -> dict[str, Any]:
+    async def _values_on(self, connection: SAConnection, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The statement's parameters, once `connection` holds the statement."""
         values = {**self.constants, **params}
         if connection.connection not in self.prepared_on:
             await connection.execute(self.prepare, values)

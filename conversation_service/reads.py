@@ -3,7 +3,8 @@ look exactly like ids that do not exist.
 
 A read is one statement, compiled once and prepared once per connection, and PostgreSQL writes the
 answer's JSON itself, in the shapes of common.conversations: Python neither parses the rows nor builds
-a model per row, and the gateway relays the bytes as they are. Only a page's envelope and its cursor are written here.
+a model per row, and the gateway relays the bytes as they are. Only a page's envelope and its cursor
+are written here.
 """
 
 import json
