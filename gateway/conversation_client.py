@@ -6,7 +6,7 @@ the address owners it asks about. One rule for failure: unreachable, slow or err
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -109,6 +109,23 @@ class ExpiringCache(Generic[ValueT]):
         self._entries[key] = (self._clock(), value)
 
 
+class SharedLookups(Generic[ValueT]):
+    """Concurrent lookups of one key share one call. When a cached answer lapses under load, every
+    request in flight missed it at once: 64 webhooks to one number asked conversation_service 64 times."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, asyncio.Future[ValueT]] = {}
+
+    async def run(self, key: str, look_up: Callable[[], Awaitable[ValueT]]) -> ValueT:
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(look_up())
+            self._pending[key] = pending
+            pending.add_done_callback(lambda _: self._pending.pop(key, None))
+        # A caller that gives up (its request cancelled) must not cancel the others' lookup.
+        return await asyncio.shield(pending)
+
+
 class ConversationServiceClient:
     def __init__(
         self,
@@ -126,6 +143,8 @@ class ConversationServiceClient:
         self._owners: ExpiringCache[uuid.UUID | None] = ExpiringCache(
             cache_seconds, clock, stale_seconds=OWNER_STALE_SECONDS
         )
+        self._key_lookups: SharedLookups[KeyIdentity | None] = SharedLookups()
+        self._owner_lookups: SharedLookups[uuid.UUID | None] = SharedLookups()
 
     # Reads: relayed for the account in hand, as they came, so a page costs no JSON round trip.
 
@@ -155,6 +174,9 @@ class ConversationServiceClient:
         found, identity = self._keys.get(key_hash)
         if found:
             return identity
+        return await self._key_lookups.run(key_hash, lambda: self._verify_key(key_hash))
+
+    async def _verify_key(self, key_hash: str) -> KeyIdentity | None:
         identity = await self._ask(VERIFY_KEY_PATH, KeyVerification(key_hash=key_hash), KeyIdentity)
         if identity is not None:
             self._keys.put(key_hash, identity)
@@ -165,6 +187,9 @@ class ConversationServiceClient:
         found, owner = self._owners.get(address)
         if found:
             return owner
+        return await self._owner_lookups.run(address, lambda: self._look_up_owner(address))
+
+    async def _look_up_owner(self, address: str) -> uuid.UUID | None:
         try:
             answer = await self._ask(ADDRESS_OWNER_PATH, AddressOwnerQuery(address=address), AddressOwner)
         except ServiceUnavailable:

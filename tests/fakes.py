@@ -1,6 +1,7 @@
 """Fakes of the gateway's injected dependencies, for tests that run without a broker, a key store or
 conversation_service."""
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -90,6 +91,10 @@ class FakeConversationService:
         self.keys: dict[str, KeyIdentity] = {}
         self.owners: dict[str, uuid.UUID] = {}
         self.verifications = 0
+        self.owner_lookups = 0
+        self.owner_asked = asyncio.Event()
+        # Set, owner lookups are answered only once it is released: lookups in flight together.
+        self.owner_gate: asyncio.Event | None = None
         self.reads: list[tuple[str, str | None]] = []
 
     def add_key(
@@ -130,6 +135,10 @@ class FakeConversationService:
         return web.json_response(text=identity.model_dump_json())
 
     async def _owner(self, request: web.Request) -> web.Response:
+        self.owner_lookups += 1
+        self.owner_asked.set()
+        if self.owner_gate is not None:
+            await self.owner_gate.wait()
         address = AddressOwnerQuery.model_validate_json(await request.read()).address
         owner = self.owners.get(address) or self.owners.get("@" + address.rpartition("@")[2])
         if owner is None and self.development_fallback:

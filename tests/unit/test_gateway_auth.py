@@ -368,6 +368,68 @@ async def test_a_verified_key_is_cached_and_a_revoke_holds_once_the_cache_lapses
     assert (await uncached.client.get("/api/conversations", headers=bearer(key))).status == 401
 
 
+async def test_webhooks_in_flight_together_ask_for_their_recipients_owner_once(
+    aiohttp_client: Any, aiohttp_server: Any
+) -> None:
+    stack = await start(aiohttp_client, aiohttp_server, profile=Profile.DEVELOPMENT)
+    stack.service.owner_gate = asyncio.Event()
+    posts = [
+        asyncio.create_task(
+            stack.client.post(
+                "/api/webhooks/sms", json={**SMS_WEBHOOK, "to": GLOBEX_PHONE, "messaging_provider_id": f"m-{n}"}
+            )
+        )
+        for n in range(20)
+    ]
+    await asyncio.wait_for(stack.service.owner_asked.wait(), 5)
+    # Long enough for every webhook to reach the lookup; the first one's is held at the gate meanwhile.
+    await asyncio.sleep(0.2)
+    stack.service.owner_gate.set()
+    responses = await asyncio.gather(*posts)
+
+    assert [response.status for response in responses] == [202] * 20
+    assert stack.service.owner_lookups == 1
+    assert {event.account_id for event in stack.publisher.published} == {GLOBEX}  # type: ignore[attr-defined]
+
+
+async def test_a_shared_lookup_that_failed_is_not_kept(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    stack = await start(aiohttp_client, aiohttp_server, profile=Profile.DEVELOPMENT)
+    stack.service.available = False
+    refused = await asyncio.gather(
+        *(
+            stack.client.post(
+                "/api/webhooks/sms", json={**SMS_WEBHOOK, "to": GLOBEX_PHONE, "messaging_provider_id": f"m-{n}"}
+            )
+            for n in range(5)
+        )
+    )
+    stack.service.available = True
+    accepted = await stack.client.post("/api/webhooks/sms", json={**SMS_WEBHOOK, "to": GLOBEX_PHONE})
+
+    assert [response.status for response in refused] == [503] * 5
+    assert accepted.status == 202
+
+
+async def test_a_caller_that_gives_up_does_not_cancel_the_lookup_it_shares(
+    aiohttp_client: Any, aiohttp_server: Any
+) -> None:
+    stack = await start(aiohttp_client, aiohttp_server, profile=Profile.DEVELOPMENT)
+    stack.service.owner_gate = asyncio.Event()
+    body = {**SMS_WEBHOOK, "to": GLOBEX_PHONE}
+    abandoned = asyncio.create_task(stack.client.post("/api/webhooks/sms", json=body))
+    await asyncio.wait_for(stack.service.owner_asked.wait(), 5)
+    waiting = asyncio.create_task(
+        stack.client.post("/api/webhooks/sms", json={**body, "messaging_provider_id": "message-2"})
+    )
+    await asyncio.sleep(0.2)
+    abandoned.cancel()
+    await asyncio.gather(abandoned, return_exceptions=True)
+    stack.service.owner_gate.set()
+
+    assert (await waiting).status == 202
+    assert stack.service.owner_lookups == 1
+
+
 async def test_while_conversation_service_is_away_owners_it_named_still_hold_but_keys_do_not(
     aiohttp_client: Any, aiohttp_server: Any
 ) -> None:
