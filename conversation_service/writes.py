@@ -139,11 +139,15 @@ async def _record_round(
         await _store_messages(connection, [events[i] for i in recorded if ids[i] not in refreshed])
         if statuses:
             # Receipts that came before the status, waiting for the send's answer to be checked against.
-            for receipt in await _TAKE_PENDING_RECEIPTS.execute(connection, {"message_ids": statuses}):
-                await _settle_receipt(connection, dict(receipt), receipt_clock_skew_seconds)
-    for index, event in enumerate(events):
-        if isinstance(event, DeliveryReported):
-            outcomes[index] = await _record_receipt(connection, _receipt_of(event), receipt_clock_skew_seconds)
+            pending = await _TAKE_PENDING_RECEIPTS.execute(connection, {"message_ids": statuses})
+            await _settle_receipts(connection, [dict(receipt) for receipt in pending], receipt_clock_skew_seconds)
+    receipts = [(index, event) for index, event in enumerate(events) if isinstance(event, DeliveryReported)]
+    if receipts:
+        recorded = await _record_receipts(
+            connection, [_receipt_of(event) for _, event in receipts], receipt_clock_skew_seconds
+        )
+        for (index, _), outcome in zip(receipts, recorded, strict=True):
+            outcomes[index] = outcome
     return outcomes
 
 
@@ -451,88 +455,117 @@ _RECEIPT_CHANNELS = {
     Channel.EMAIL.value: {Channel.EMAIL.value},
 }
 
-_SEND_OF = _statement(
-    "SELECT m.direction, m.type, m.status, s.provider AS sent_provider, "
+# The sends the receipts report on: a row per message stored, named by its id.
+_SENDS_OF = _statement(
+    "SELECT CAST(m.id AS text) AS message_id, m.direction, m.type, m.status, s.provider AS sent_provider, "
     "s.provider_message_id AS sent_provider_message_id, s.occurred_at AS sent_at "
     "FROM messages m LEFT JOIN message_status_history s ON s.message_id = m.id AND s.status = 'sent' "
-    "WHERE m.id = CAST(:message_id AS uuid)",
-    message_id=sa.Text(),
+    "WHERE m.id = ANY(CAST(:message_ids AS uuid[]))",
+    arrays=("message_ids",),
 )
-_RECEIPT_COLUMNS = "message_id, status, channel, provider, provider_message_id, occurred_at, error"
-_RECEIPT_TYPES = {
-    "message_id": sa.Text(),
-    "status": sa.Text(),
-    "provider": sa.Text(),
-    "provider_message_id": sa.Text(),
-    "occurred_at": _TIMESTAMP,
-    "error": sa.Text(),
-}
-_PARK_RECEIPT = _statement(
-    f"INSERT INTO pending_receipts ({_RECEIPT_COLUMNS}) VALUES (CAST(:message_id AS uuid), :status, :channel, "
-    ":provider, :provider_message_id, :occurred_at, :error) ON CONFLICT DO NOTHING RETURNING message_id",
-    **_RECEIPT_TYPES,
-    channel=sa.Text(),
+_RECEIPT_COLUMNS = ("message_id", "status", "channel", "provider", "provider_message_id", "occurred_at", "error")
+_RECEIPT_TYPES = ("uuid", "text", "text", "text", "text", "timestamptz", "text")
+# Returns the ids of the messages whose receipt was parked, NULL if none was.
+_PARK_RECEIPTS = _statement(
+    f"WITH parked AS (INSERT INTO pending_receipts ({', '.join(_RECEIPT_COLUMNS)}) "
+    f"SELECT * FROM unnest({_unnest(_RECEIPT_COLUMNS, _RECEIPT_TYPES)}) "
+    "ON CONFLICT DO NOTHING RETURNING message_id) "
+    "SELECT array_agg(CAST(message_id AS text)) FROM parked",
+    arrays=_RECEIPT_COLUMNS,
 )
 _TAKE_PENDING_RECEIPTS = _statement(
-    f"DELETE FROM pending_receipts WHERE message_id = ANY(CAST(:message_ids AS uuid[])) RETURNING {_RECEIPT_COLUMNS}",
+    f"DELETE FROM pending_receipts WHERE message_id = ANY(CAST(:message_ids AS uuid[])) "
+    f"RETURNING CAST(message_id AS text) AS message_id, {', '.join(_RECEIPT_COLUMNS[1:])}",
     arrays=("message_ids",),
 )
 _EXPIRE_PENDING_RECEIPTS = _statement(
     "DELETE FROM pending_receipts WHERE received_at < now() - make_interval(secs => :older_than) RETURNING message_id",
     older_than=sa.Float(),
 )
+_RECEIPT_ENTRY_COLUMNS = ("message_id", "status", "occurred_at", "sent_at", "provider", "provider_message_id", "error")
+_RECEIPT_ENTRY_TYPES = ("uuid", "text", "timestamptz", "timestamptz", "text", "text", "text")
 # A provider's clock is not ours: a receipt is dated no earlier than the send it reports on, and no
-# later than now and a little, so neither a 1970 nor a 2099 date can reorder the history.
-_RECORD_RECEIPT_ENTRY = _statement(
-    "INSERT INTO message_status_history (message_id, status, occurred_at, provider, provider_message_id, error) "
-    "VALUES (CAST(:message_id AS uuid), :status, "
-    "GREATEST(:sent_at, LEAST(:occurred_at, now() + make_interval(secs => :skew))), "
-    ":provider, :provider_message_id, :error) ON CONFLICT DO NOTHING RETURNING message_id",
-    **_RECEIPT_TYPES,
-    sent_at=_TIMESTAMP,
+# later than now and a little, so neither a 1970 nor a 2099 date can reorder the history. Returns the
+# (message id, status) of each entry added, NULL if none was.
+_RECORD_RECEIPT_ENTRIES = _statement(
+    f"WITH receipts AS (SELECT * FROM unnest({_unnest(_RECEIPT_ENTRY_COLUMNS, _RECEIPT_ENTRY_TYPES)}) "
+    f"AS receipts({', '.join(_RECEIPT_ENTRY_COLUMNS)})), "
+    "added AS (INSERT INTO message_status_history (message_id, status, occurred_at, provider, provider_message_id, "
+    "error) SELECT message_id, status, GREATEST(sent_at, LEAST(occurred_at, now() + make_interval(secs => :skew))), "
+    "provider, provider_message_id, error FROM receipts ON CONFLICT DO NOTHING RETURNING message_id, status) "
+    "SELECT array_agg(ARRAY[CAST(message_id AS text), status]) FROM added",
+    arrays=_RECEIPT_ENTRY_COLUMNS,
     skew=sa.Float(),
 )
 
 
-async def _record_receipt(
-    connection: SAConnection, receipt: dict[str, Any], receipt_clock_skew_seconds: float
-) -> WriteOutcome:
+async def _record_receipts(
+    connection: SAConnection, receipts: list[dict[str, Any]], receipt_clock_skew_seconds: float
+) -> list[WriteOutcome]:
     """A receipt applies only to the send it reports on: until that send's answer is stored, it waits.
-    Takes the message's lock being held."""
-    outcome = await _settle_receipt(connection, receipt, receipt_clock_skew_seconds)
-    if outcome is not WriteOutcome.AWAITING_MESSAGE:
-        return outcome
-    if await _PARK_RECEIPT.scalar(connection, receipt) is None:
-        return WriteOutcome.REPLAYED
-    return outcome
+    Receipts of distinct messages, whose locks are held."""
+    outcomes = await _settle_receipts(connection, receipts, receipt_clock_skew_seconds)
+    awaiting = [index for index, outcome in enumerate(outcomes) if outcome is WriteOutcome.AWAITING_MESSAGE]
+    if awaiting:
+        columns = _columns([receipts[index] for index in awaiting], _RECEIPT_COLUMNS)
+        parked = set(await _PARK_RECEIPTS.scalar(connection, columns) or ())
+        for index in awaiting:
+            if receipts[index]["message_id"] not in parked:
+                outcomes[index] = WriteOutcome.REPLAYED
+    return outcomes
 
 
-async def _settle_receipt(
-    connection: SAConnection, receipt: dict[str, Any], receipt_clock_skew_seconds: float
-) -> WriteOutcome:
-    """Apply `receipt` if it fits its send, dated no earlier than the send and no later than now (give
-    or take the skew); AWAITING_MESSAGE if the send's answer is not stored yet. Takes the message's lock
-    being held."""
-    send = (await _SEND_OF.execute(connection, {"message_id": receipt["message_id"]}) or [None])[0]
-    if send is None or (send.sent_provider_message_id is None and send.status == MessageStatus.QUEUED):
-        return WriteOutcome.AWAITING_MESSAGE
-    misfit = _receipt_misfit(send, receipt)
-    if misfit is not None:
-        log.warning(
-            "delivery receipt changes nothing: %s",
-            misfit,
-            extra={
-                "message_id": receipt["message_id"],
-                "receipt_status": receipt["status"],
-                "receipt_provider_message_id": receipt["provider_message_id"],
-            },
-        )
-        return WriteOutcome.REJECTED
-    entry = {**receipt, "sent_at": send.sent_at, "skew": receipt_clock_skew_seconds}
-    if await _RECORD_RECEIPT_ENTRY.scalar(connection, entry) is None:
-        return WriteOutcome.REPLAYED
-    await _refresh_statuses(connection, [str(receipt["message_id"])])
-    return WriteOutcome.CHANGED
+async def _settle_receipts(
+    connection: SAConnection, receipts: list[dict[str, Any]], receipt_clock_skew_seconds: float
+) -> list[WriteOutcome]:
+    """Apply each receipt that fits its send, dated no earlier than the send and no later than now (give
+    or take the skew); AWAITING_MESSAGE for one whose send's answer is not stored yet. The messages'
+    locks are held."""
+    if not receipts:
+        return []
+    ids = [receipt["message_id"] for receipt in receipts]
+    sends = {send.message_id: send for send in await _SENDS_OF.execute(connection, {"message_ids": ids})}
+    outcomes: list[WriteOutcome | None] = []
+    fitting: list[dict[str, Any]] = []
+    for receipt in receipts:
+        send = sends.get(receipt["message_id"])
+        if send is None or (send.sent_provider_message_id is None and send.status == MessageStatus.QUEUED):
+            outcomes.append(WriteOutcome.AWAITING_MESSAGE)
+            continue
+        misfit = _receipt_misfit(send, receipt)
+        if misfit is not None:
+            log.warning(
+                "delivery receipt changes nothing: %s",
+                misfit,
+                extra={
+                    "message_id": receipt["message_id"],
+                    "receipt_status": receipt["status"],
+                    "receipt_provider_message_id": receipt["provider_message_id"],
+                },
+            )
+            outcomes.append(WriteOutcome.REJECTED)
+            continue
+        outcomes.append(None)
+        fitting.append({**receipt, "sent_at": send.sent_at})
+    added: set[tuple[str, str]] = set()
+    if fitting:
+        entries = _columns(fitting, _RECEIPT_ENTRY_COLUMNS)
+        added = {
+            (message_id, status)
+            for message_id, status in await _RECORD_RECEIPT_ENTRIES.scalar(
+                connection, {**entries, "skew": receipt_clock_skew_seconds}
+            )
+            or ()
+        }
+        await _refresh_statuses(connection, sorted({message_id for message_id, _ in added}))
+    return [
+        outcome
+        if outcome is not None
+        else WriteOutcome.CHANGED
+        if (receipt["message_id"], receipt["status"]) in added
+        else WriteOutcome.REPLAYED
+        for receipt, outcome in zip(receipts, outcomes, strict=True)
+    ]
 
 
 def _receipt_misfit(send: RowProxy, receipt: dict[str, Any]) -> str | None:

@@ -750,6 +750,51 @@ async def test_a_receipt_is_dated_between_its_send_and_now(repository: MessageRe
     assert delivered_at <= datetime.now(UTC) + timedelta(seconds=61)
 
 
+async def test_receipts_in_one_batch_end_each_as_if_written_alone(
+    repository: MessageRepository, engine: Engine
+) -> None:
+    fits, repeated, forged, unsent, parked_before, unknown = (
+        send_message(to_address=f"+1312555000{n}") for n in range(6)
+    )
+    for command in (fits, repeated, forged):
+        await _sent(repository, command, f"SM-{command.message_id}")
+    await repository.store_outbound(unsent)
+    await repository.store_outbound(parked_before)
+
+    def receipt(command: SendMessage, provider_message_id: str | None = None) -> DeliveryReported:
+        return delivery_reported(command, provider_message_id=provider_message_id or f"SM-{command.message_id}")
+
+    assert await repository.store_receipt(receipt(repeated)) is WriteOutcome.CHANGED
+    assert await repository.store_receipt(receipt(parked_before)) is WriteOutcome.AWAITING_MESSAGE
+
+    outcomes = await repository.store_batch(
+        [
+            receipt(fits),
+            receipt(repeated),
+            receipt(forged, "SM-forged"),
+            receipt(unsent),
+            receipt(parked_before),
+            receipt(unknown),
+        ]
+    )
+
+    assert outcomes == [
+        WriteOutcome.CHANGED,
+        WriteOutcome.REPLAYED,
+        WriteOutcome.REJECTED,
+        WriteOutcome.AWAITING_MESSAGE,
+        WriteOutcome.REPLAYED,
+        WriteOutcome.AWAITING_MESSAGE,
+    ]
+    statuses = {
+        command.message_id: (await read_message(repository, DEVELOPMENT_ACCOUNT_ID, command.message_id)).status
+        for command in (fits, repeated, forged, unsent, parked_before)
+    }
+    assert list(statuses.values()) == ["delivered", "delivered", "sent", "queued", "queued"]
+    waiting = {row["message_id"] for row in await rows(engine, pending_receipts)}
+    assert waiting == {unsent.message_id, parked_before.message_id, unknown.message_id}
+
+
 @pytest.fixture
 async def acme(engine: Engine) -> uuid.UUID:
     """A second account, besides the development one."""
