@@ -351,6 +351,18 @@ def _unnest(columns: Sequence[str], types: Sequence[str]) -> str:
     return ", ".join(f"CAST(:{name} AS {type_}[])" for name, type_ in zip(columns, types, strict=True))
 
 
+def _insert_new(table: str, columns: Sequence[str], types: Sequence[str]) -> Prepared:
+    """Insert the rows that the parallel arrays `columns` hold into `table`, but those already there;
+    returns the ids of the messages whose row was added, NULL if none was."""
+    return _statement(
+        f"WITH added AS (INSERT INTO {table} ({', '.join(columns)}) "
+        f"SELECT * FROM unnest({_unnest(columns, types)}) "
+        "ON CONFLICT DO NOTHING RETURNING message_id) "
+        "SELECT array_agg(CAST(message_id AS text)) FROM added",
+        arrays=columns,
+    )
+
+
 # The lock every writer of a message takes first. The whole batch's in one statement, the ids sorted
 # by the caller: unnest() yields them in that order.
 _LOCK_MESSAGES = _statement(
@@ -359,15 +371,8 @@ _LOCK_MESSAGES = _statement(
 )
 _ENTRY_COLUMNS = ("message_id", "status", "occurred_at", "attempts", "provider", "provider_message_id", "error")
 _ENTRY_TYPES = ("uuid", "text", "timestamptz", "integer", "text", "text", "text")
-# An entry whose status the message has already recorded is a replay: it adds nothing. Returns the
-# ids of the messages whose entry was added, NULL if none was.
-_ADD_ENTRIES = _statement(
-    f"WITH added AS (INSERT INTO message_status_history ({', '.join(_ENTRY_COLUMNS)}) "
-    f"SELECT * FROM unnest({_unnest(_ENTRY_COLUMNS, _ENTRY_TYPES)}) "
-    "ON CONFLICT DO NOTHING RETURNING message_id) "
-    "SELECT array_agg(CAST(message_id AS text)) FROM added",
-    arrays=_ENTRY_COLUMNS,
-)
+# An entry whose status the message has already recorded is a replay: it adds nothing.
+_ADD_ENTRIES = _insert_new("message_status_history", _ENTRY_COLUMNS, _ENTRY_TYPES)
 # `updated_at` moves only if something visible changed (an entry that ranks below the status changes
 # nothing). Returns the ids of the messages stored, NULL if none is.
 _REFRESH_STATUSES = _statement(
@@ -465,14 +470,8 @@ _SENDS_OF = _statement(
 )
 _RECEIPT_COLUMNS = ("message_id", "status", "channel", "provider", "provider_message_id", "occurred_at", "error")
 _RECEIPT_TYPES = ("uuid", "text", "text", "text", "text", "timestamptz", "text")
-# Returns the ids of the messages whose receipt was parked, NULL if none was.
-_PARK_RECEIPTS = _statement(
-    f"WITH parked AS (INSERT INTO pending_receipts ({', '.join(_RECEIPT_COLUMNS)}) "
-    f"SELECT * FROM unnest({_unnest(_RECEIPT_COLUMNS, _RECEIPT_TYPES)}) "
-    "ON CONFLICT DO NOTHING RETURNING message_id) "
-    "SELECT array_agg(CAST(message_id AS text)) FROM parked",
-    arrays=_RECEIPT_COLUMNS,
-)
+# A receipt already waiting for its send is a replay.
+_PARK_RECEIPTS = _insert_new("pending_receipts", _RECEIPT_COLUMNS, _RECEIPT_TYPES)
 _TAKE_PENDING_RECEIPTS = _statement(
     f"DELETE FROM pending_receipts WHERE message_id = ANY(CAST(:message_ids AS uuid[])) "
     f"RETURNING CAST(message_id AS text) AS message_id, {', '.join(_RECEIPT_COLUMNS[1:])}",
