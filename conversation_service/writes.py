@@ -524,12 +524,14 @@ async def _settle_receipts(
         return []
     ids = [receipt["message_id"] for receipt in receipts]
     sends = {send.message_id: send for send in await _SENDS_OF.execute(connection, {"message_ids": ids})}
-    outcomes: list[WriteOutcome | None] = []
-    fitting: list[dict[str, Any]] = []
-    for receipt in receipts:
+    # A receipt that fits its send is a replay unless its entry is added.
+    outcomes = [WriteOutcome.REPLAYED] * len(receipts)
+    fitting: list[int] = []
+    entries: list[dict[str, Any]] = []
+    for index, receipt in enumerate(receipts):
         send = sends.get(receipt["message_id"])
         if send is None or (send.sent_provider_message_id is None and send.status == MessageStatus.QUEUED):
-            outcomes.append(WriteOutcome.AWAITING_MESSAGE)
+            outcomes[index] = WriteOutcome.AWAITING_MESSAGE
             continue
         misfit = _receipt_misfit(send, receipt)
         if misfit is not None:
@@ -542,29 +544,21 @@ async def _settle_receipts(
                     "receipt_provider_message_id": receipt["provider_message_id"],
                 },
             )
-            outcomes.append(WriteOutcome.REJECTED)
+            outcomes[index] = WriteOutcome.REJECTED
             continue
-        outcomes.append(None)
-        fitting.append({**receipt, "sent_at": send.sent_at})
-    added: set[tuple[str, str]] = set()
+        fitting.append(index)
+        entries.append({**receipt, "sent_at": send.sent_at})
     if fitting:
-        entries = _columns(fitting, _RECEIPT_ENTRY_COLUMNS)
+        parameters = {**_columns(entries, _RECEIPT_ENTRY_COLUMNS), "skew": receipt_clock_skew_seconds}
         added = {
             (message_id, status)
-            for message_id, status in await _RECORD_RECEIPT_ENTRIES.scalar(
-                connection, {**entries, "skew": receipt_clock_skew_seconds}
-            )
-            or ()
+            for message_id, status in await _RECORD_RECEIPT_ENTRIES.scalar(connection, parameters) or ()
         }
         await _refresh_statuses(connection, sorted({message_id for message_id, _ in added}))
-    return [
-        outcome
-        if outcome is not None
-        else WriteOutcome.CHANGED
-        if (receipt["message_id"], receipt["status"]) in added
-        else WriteOutcome.REPLAYED
-        for receipt, outcome in zip(receipts, outcomes, strict=True)
-    ]
+        for index in fitting:
+            if (receipts[index]["message_id"], receipts[index]["status"]) in added:
+                outcomes[index] = WriteOutcome.CHANGED
+    return outcomes
 
 
 def _receipt_misfit(send: RowProxy, receipt: dict[str, Any]) -> str | None:
