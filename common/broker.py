@@ -5,6 +5,7 @@ process starts first, a publish is always routed to the queues that need it.
 """
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from yarl import URL
 
 from common import context as request_context
 from common.acks import Acks, Delivery
+from common.bundles import bodies_in, bundle_of, is_bundle, message_of, unparsed_message
 from common.cancellation import honour_dropped_cancel
 from common.contracts import Contract
 from common.health import METRICS, READINESS_CHECKS
@@ -175,24 +177,95 @@ class QueueFull(BrokerUnavailable):
     retry_after_seconds = QUEUE_FULL_RETRY_AFTER_SECONDS
 
 
-class Publisher:
-    """Counts what it published once the broker confirmed it; without `metrics`, on a registry nobody reads."""
+def _fresh(error: BrokerUnavailable) -> BrokerUnavailable:
+    copy = type(error)(*error.args)
+    copy.__cause__ = error.__cause__
+    return copy
 
-    def __init__(self, exchange: AbstractExchange, metrics: Metrics | None = None) -> None:
+
+class Publisher:
+    """Publishes contracts with a confirm each, and counts them once the broker confirmed them; without
+    `metrics`, on a registry nobody reads.
+
+    With a `bundle_limit` above 1, at most `in_flight` publishes wait for their confirms at once, and the
+    contracts published meanwhile wait for a free one, then go together, up to `bundle_limit` of one
+    routing key in a message (common.bundles). A contract published while a slot is free goes at once,
+    alone, so light load sees no bundles and no wait; under load a bundle's confirm answers every
+    contract in it, and the broker and the consumers handle one message for many.
+    """
+
+    def __init__(
+        self, exchange: AbstractExchange, metrics: Metrics | None = None, *, bundle_limit: int = 1, in_flight: int = 1
+    ) -> None:
         self._exchange = exchange
         self._metrics = metrics or Metrics()
         self._renewing = asyncio.Lock()
+        self._bundle_limit = bundle_limit
+        self._in_flight = in_flight
+        self._sending: set[asyncio.Task[None]] = set()
+        # Contracts waiting for a free slot, by routing key, the oldest key first.
+        self._waiting: dict[str, list[tuple[Contract, asyncio.Future[None]]]] = {}
 
     async def publish(self, contract: Contract) -> None:
-        message = aio_pika.Message(
-            body=contract.model_dump_json().encode(),
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=str(contract.event_id),
-            correlation_id=str(contract.correlation_id),
-            type=contract.kind,
-            timestamp=contract.occurred_at,
-        )
+        if self._bundle_limit == 1:
+            await self._confirm(message_of(contract), contract.routing_key, contract.routing_key)
+            self._metrics.count_published(contract)
+            return
+        confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(contract.routing_key, []).append((contract, confirmed))
+        self._send_while_free()
+        try:
+            # A bundle may wait for a slot behind publishes that wait out their own timeout.
+            async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+                await confirmed
+        except TimeoutError as error:
+            raise BrokerUnavailable(f"broker did not confirm {contract.routing_key} in time") from error
+
+    async def drain(self) -> None:
+        """Wait for the publishes under way (before the connection closes)."""
+        await asyncio.gather(*self._sending, return_exceptions=True)
+
+    def _send_while_free(self) -> None:
+        while self._waiting and len(self._sending) < self._in_flight:
+            routing_key = next(iter(self._waiting))
+            waiting = self._waiting.pop(routing_key)
+            # A caller that stopped waiting (its timeout) has had its answer: it is not sent late.
+            bundle = [held for held in waiting[: self._bundle_limit] if not held[1].done()]
+            if rest := waiting[self._bundle_limit :]:
+                self._waiting[routing_key] = rest
+            if bundle:
+                task = asyncio.create_task(self._send(routing_key, bundle))
+                self._sending.add(task)
+                task.add_done_callback(self._sent)
+
+    def _sent(self, task: "asyncio.Task[None]") -> None:
+        self._sending.discard(task)
+        self._send_while_free()
+
+    async def _send(self, routing_key: str, bundle: list[tuple[Contract, "asyncio.Future[None]"]]) -> None:
+        contracts = [contract for contract, _ in bundle]
+        if len(contracts) == 1:
+            message, what = message_of(contracts[0]), routing_key
+        else:
+            message, what = bundle_of(contracts), f"a bundle of {len(contracts)} {routing_key}"
+        self._metrics.publish_bundle_size.observe(len(contracts))
+        try:
+            await self._confirm(message, routing_key, what)
+        except BaseException as error:
+            unconfirmed = error if isinstance(error, BrokerUnavailable) else BrokerUnavailable(repr(error))
+            for _, confirmed in bundle:
+                if not confirmed.done():
+                    # One exception each: raised in several tasks, one would gather all their tracebacks.
+                    confirmed.set_exception(_fresh(unconfirmed))
+            if not isinstance(error, BrokerUnavailable):
+                raise
+            return
+        for contract, confirmed in bundle:
+            self._metrics.count_published(contract)
+            if not confirmed.done():
+                confirmed.set_result(None)
+
+    async def _confirm(self, message: aio_pika.Message, routing_key: str, what: str) -> None:
         try:
             # The channel has publisher confirms on and raises on a returned (unroutable) message,
             # so returning from here means the broker has the message on disk in every bound queue.
@@ -200,15 +273,15 @@ class Publisher:
             # waits for the connection before it sends, however long the broker stays away.
             async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
                 await self._exchange.publish(
-                    message, routing_key=contract.routing_key, mandatory=True, timeout=PUBLISH_TIMEOUT_SECONDS
+                    message, routing_key=routing_key, mandatory=True, timeout=PUBLISH_TIMEOUT_SECONDS
                 )
         except aiormq.exceptions.DeliveryError as error:
             # A nack (not a return: an unroutable message is a PublishError) is a queue at its limit,
             # the one reason a quorum queue refuses a message it was routed.
             if isinstance(error.frame, aiormq.spec.Basic.Nack):
                 await self._renew_channel()
-                raise QueueFull(f"a queue is full; {contract.routing_key} refused") from error
-            raise BrokerUnavailable(f"broker did not confirm {contract.routing_key}: {error!r}") from error
+                raise QueueFull(f"a queue is full; {what} refused") from error
+            raise BrokerUnavailable(f"broker did not confirm {what}: {error!r}") from error
         except (
             aiormq.exceptions.AMQPError,
             aiormq.exceptions.ChannelInvalidStateError,
@@ -216,8 +289,7 @@ class Publisher:
             TimeoutError,
             RuntimeError,
         ) as error:
-            raise BrokerUnavailable(f"broker did not confirm {contract.routing_key}: {error!r}") from error
-        self._metrics.count_published(contract)
+            raise BrokerUnavailable(f"broker did not confirm {what}: {error!r}") from error
 
     async def _renew_channel(self) -> None:
         """Publish on a fresh channel from now on.
@@ -305,7 +377,10 @@ class Broker:
     publish_channel: AbstractChannel
     consume_channel: AbstractChannel
     topology: Topology
+    # Each contract a message of its own: for queues that no Consumer reads (the gateway's quarantine).
     publisher: Publisher
+    # For contracts to the services' queues, whose consumers take bundles apart.
+    bundling_publisher: Publisher
 
     def is_ready(self) -> bool:
         return not any(
@@ -343,9 +418,16 @@ def broker_ctx(settings: ServiceSettings) -> Callable[[web.Application], AsyncIt
                     consume_channel,
                     topology,
                     Publisher(exchange, app[METRICS]),
+                    Publisher(
+                        exchange,
+                        app[METRICS],
+                        bundle_limit=settings.publish_bundle_limit,
+                        in_flight=settings.publishes_in_flight,
+                    ),
                 )
                 app[READINESS_CHECKS]["broker"] = _as_check(app[BROKER].is_ready)
                 yield
+                await app[BROKER].bundling_publisher.drain()
             finally:
                 await consume_connection.close()
         finally:
@@ -371,7 +453,9 @@ class Consumer(Generic[ContractT]):
     durable.
 
     Every delivery runs in a task of its own (aio-pika starts one per message), so a handler waiting
-    out a provider's backoff holds one of the channel's prefetch slots, not the whole queue. The acks
+    out a provider's backoff holds one of the channel's prefetch slots, not the whole queue. A bundle
+    (common.bundles) is taken apart, its contracts handled side by side, and `handling_limit` bounds
+    the contracts handled at once, a bundle's counted one by one. The acks
     of deliveries that finish together go out together (see common.acks), so the consumer must be
     the only one on its queue's channel.
 
@@ -392,6 +476,7 @@ class Consumer(Generic[ContractT]):
         hold_seconds: float | None = None,
         hand_back_to: AbstractExchange | None = None,
         metrics: Metrics | None = None,
+        handling_limit: int | None = None,
     ) -> None:
         self._queue = queue
         self._metrics = metrics or Metrics()
@@ -407,6 +492,8 @@ class Consumer(Generic[ContractT]):
         self._handling: dict[asyncio.Task[Any], tuple[AbstractIncomingMessage, Delivery, float]] = {}
         self._hand_back_timer: asyncio.Task[None] | None = None
         self._acks = Acks()
+        # The contracts handled at once, a bundle's counted one by one, as the prefetch counts messages.
+        self._handling_slots = asyncio.Semaphore(handling_limit) if handling_limit else None
 
     @property
     def paused(self) -> bool:
@@ -533,6 +620,8 @@ class Consumer(Generic[ContractT]):
             "correlation_id": message.correlation_id,
             "routing_key": message.routing_key,
         }
+        if is_bundle(message):
+            return await self._process_bundle(message, delivery, context)
         try:
             contract = self._parse(message.body)
         except ValidationError as error:
@@ -550,7 +639,8 @@ class Consumer(Generic[ContractT]):
         try:
             self._handling[task] = (message, delivery, asyncio.get_running_loop().time())
             try:
-                await self._handler(contract)
+                async with self._handling_slots or contextlib.nullcontext():
+                    await self._handler(contract)
             finally:
                 del self._handling[task]
         except asyncio.CancelledError:
@@ -575,6 +665,76 @@ class Consumer(Generic[ContractT]):
             return "requeued"
         await self._acks.ack(delivery)
         return "acked"
+
+    async def _process_bundle(
+        self, message: AbstractIncomingMessage, delivery: Delivery, context: dict[str, Any]
+    ) -> str:
+        """Each contract of a bundle handled as if it had come alone, side by side; one that breaks the
+        contract goes to the dead-letter queue alone, one whose handler failed back to the queue alone
+        (a fresh message, its deliveries counted from none), both with a confirm, and then the bundle
+        is acked. Should either publish fail (or there be no exchange to publish them to), the whole
+        bundle goes back instead: its contracts that were handled are handled again, which changes
+        nothing."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._handling[task] = (message, delivery, asyncio.get_running_loop().time())
+        try:
+            outcomes = await asyncio.gather(*(self._handle_bundled(body, context) for body in bodies_in(message.body)))
+        finally:
+            del self._handling[task]
+        dead_letter_queue = QueueSpec(self._queue.name, ()).dead_letter_name
+        try:
+            for returned, dead in (outcome for outcome in outcomes if outcome is not None):
+                if self._hand_back_to is None:
+                    raise RuntimeError("no exchange to put a bundle's messages back apart")
+                async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+                    await self._hand_back_to.publish(
+                        returned,
+                        routing_key=dead_letter_queue if dead else self._queue.name,
+                        mandatory=True,
+                        timeout=PUBLISH_TIMEOUT_SECONDS,
+                    )
+        except (
+            aiormq.exceptions.AMQPError,
+            aiormq.exceptions.ChannelInvalidStateError,
+            TimeoutError,
+            RuntimeError,
+        ) as error:
+            log.warning(
+                "could not put a bundle's failed messages back apart; the bundle goes back whole",
+                extra={**context, "error": repr(error)},
+            )
+            await asyncio.sleep(self._redelivery_delay)
+            await self._settle(delivery, message.nack(requeue=True))
+            return "requeued"
+        await self._acks.ack(delivery)
+        return "acked"
+
+    async def _handle_bundled(self, body: bytes, context: dict[str, Any]) -> tuple[aio_pika.Message, bool] | None:
+        """Nothing if the contract was handled; else the message to publish apart, and whether it is dead."""
+        try:
+            contract = self._parse(body)
+        except ValidationError as error:
+            log.error(
+                "dead-lettering a bundled message that breaks the contract",
+                extra={**context, "errors": error.errors(include_url=False, include_context=False)},
+            )
+            self._metrics.dead_letters.labels(queue=self._queue.name, reason="contract").inc()
+            return unparsed_message(body), True
+        # gather runs each in a task of its own, so this context is the contract's alone.
+        request_context.correlation_id.set(getattr(contract, "correlation_id", None))
+        try:
+            async with self._handling_slots or contextlib.nullcontext():
+                await self._handler(contract)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.warning(
+                "handler failed on a bundled message; it goes back to the queue alone",
+                extra={**context, "amqp_message_id": str(contract.event_id), "error": repr(error)},
+            )
+            return message_of(contract), False
+        return None
 
     async def _settle(self, delivery: Delivery, sent: Awaitable[None]) -> None:
         """Send a nack or a reject; only once it is sent may a multiple ack reach past the delivery."""
@@ -619,6 +779,7 @@ def consumer_ctx(
             hold_seconds=settings.consumer_hold_seconds,
             hand_back_to=broker.publish_channel.default_exchange,
             metrics=app[METRICS],
+            handling_limit=settings.consumer_prefetch,
         )
         await consumer.start()
         follower = (

@@ -96,7 +96,7 @@ def create_channel_app(
             settings,
             queue,
             SendMessage.model_validate_json,
-            lambda app: SendHandler(app[PROVIDER], app[BROKER].publisher, provider_name),
+            lambda app: SendHandler(app[PROVIDER], app[BROKER].bundling_publisher, provider_name),
         )
     )
     return app

@@ -93,6 +93,12 @@ class Metrics:
         self.broker_reconnects = Counter(
             "messaging_broker_reconnects", "Times the broker connection was lost and made again", registry=registry
         )
+        self.publish_bundle_size = Histogram(
+            "messaging_publish_bundle_size",
+            "Contracts published in one message (a bundle, or 1 for a message of its own); its count is the publishes",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=registry,
+        )
         self.write_batch_size = Histogram(
             "messaging_write_batch_size",
             "Message events conversation_service wrote in one transaction; its count is the transactions",

@@ -126,12 +126,25 @@ class ServiceSettings(ProcessSettings):
     consumer_prefetch: int = Field(
         32,
         ge=1,
-        description="Unacknowledged deliveries a consumer holds, and so works on, at once: each runs in a task "
-        "of its own, so a send waiting out a provider's backoff holds one of these slots (for up to "
-        "PROVIDER_DEADLINE_SECONDS) while the others go on. Size it above the sends you expect to be "
-        "retrying at the same time; past it, new messages wait on the queue",
+        description="Unacknowledged deliveries a consumer holds, and messages it works on at once (a bundle's "
+        "counted one by one): each runs in a task of its own, so a send waiting out a provider's backoff holds "
+        "one of these slots (for up to PROVIDER_DEADLINE_SECONDS) while the others go on. Size it above the "
+        "sends you expect to be retrying at the same time; past it, new messages wait on the queue",
     )
     delivery_limit: int = Field(20, ge=1, description="Deliveries of one message before the broker dead-letters it")
+    # Measured with `make bench` (see README, Bundled publishes).
+    publish_bundle_limit: int = Field(
+        64,
+        ge=1,
+        description="Most messages published together as one bundle: those published while PUBLISHES_IN_FLIGHT "
+        "earlier ones wait for the broker's confirm go together once one is confirmed; 1 publishes each alone",
+    )
+    publishes_in_flight: int = Field(
+        1,
+        ge=1,
+        description="Publishes (each a message or a bundle) that wait for the broker's confirm at once; past "
+        "them, what is published waits to go in the next bundle",
+    )
     shutdown_grace_seconds: float = Field(
         10.0, gt=0, description="How long a stopping consumer waits for in-flight messages"
     )

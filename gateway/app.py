@@ -69,7 +69,7 @@ def _handlers_ctx(
             TokenBuckets(settings.rate_limit_per_second, settings.rate_limit_burst),
         )
         app[MESSAGE_INTAKE] = MessageIntake(
-            app[BROKER].publisher if publisher is None else publisher,
+            app[BROKER].bundling_publisher if publisher is None else publisher,
             conversation_service if key_store is None else key_store,
             conversation_service,
             idempotency_wait_seconds=settings.idempotency_wait_seconds,

@@ -19,6 +19,7 @@ import psycopg2
 from common.broker import Topology
 from email_service.mock_keys import generate_event_keys
 from tests.factories import eventually
+from tests.prometheus import Samples, parse
 
 ROOT = Path(__file__).resolve().parents[2]
 # Up to six services start cold at once on a busy 2-core CI machine; a healthy start waits none of it.
@@ -102,6 +103,11 @@ class Service:
                 return response.status, await response.json()
         except (aiohttp.ClientError, TimeoutError):
             return None
+
+    async def metrics(self, session: aiohttp.ClientSession) -> Samples:
+        async with session.get(f"{self.url}/metrics", timeout=aiohttp.ClientTimeout(total=5)) as response:
+            assert response.status == 200, await response.text()
+            return parse(await response.text())
 
     async def kill(self) -> int:
         """SIGKILL: no cleanup of any kind, as the kernel's OOM killer or a pulled plug would do it."""

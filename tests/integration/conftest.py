@@ -1,6 +1,8 @@
 """The public API as a client meets it, without the channel services: the real gateway publishing to
-RabbitMQ, and the real conversation_service storing in PostgreSQL and serving the reads it relays."""
+RabbitMQ, and the real conversation_service storing in PostgreSQL and serving the reads it relays;
+and, for the broker plumbing, the bus those run on."""
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -11,6 +13,7 @@ from conversation_service.app import create_app as create_conversation_app
 from conversation_service.settings import ConversationSettings
 from gateway.app import create_app as create_gateway_app
 from gateway.settings import GatewaySettings
+from tests.integration.bus import Bus, open_bus
 
 
 @pytest.fixture
@@ -25,3 +28,9 @@ async def gateway(
         create_gateway_app(GatewaySettings(**broker, conversation_service_url=str(conversation.make_url(""))))
     )
     return await aiohttp_client(server)
+
+
+@pytest.fixture
+async def bus(amqp_url: str, broker_namespace: str) -> AsyncIterator[Bus]:
+    async for opened in open_bus(amqp_url, broker_namespace):
+        yield opened

@@ -7,13 +7,10 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 
 import aio_pika
 import aiormq
 import pytest
-from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
 
 from common.broker import (
     MIGRATE_COMMAND,
@@ -31,50 +28,10 @@ from common.contracts import MessageReceived, message_event_adapter
 from common.queue_migration import MigrationRefused, migrate
 from common.settings import ServiceSettings
 from tests.factories import eventually, message_received
+from tests.integration.bus import DELIVERY_LIMIT, Bus, consumer_of, message_count
 from tests.proxy import ProxyFactory
 
 pytestmark = pytest.mark.integration
-
-DELIVERY_LIMIT = 2
-
-
-@dataclass
-class Bus:
-    connection: AbstractRobustConnection
-    channel: AbstractChannel
-    topology: Topology
-    publisher: Publisher
-    events: AbstractQueue
-    dead_letters: AbstractQueue
-
-
-@pytest.fixture
-async def bus(amqp_url: str, broker_namespace: str) -> AsyncIterator[Bus]:
-    connection = await aio_pika.connect_robust(amqp_url)
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        topology = Topology(broker_namespace)
-        exchange = await declare_topology(channel, topology, QueueArguments(DELIVERY_LIMIT, max_length=1000))
-        yield Bus(
-            connection,
-            channel,
-            topology,
-            Publisher(exchange),
-            await channel.get_queue(topology.conversation_events.name),
-            await channel.get_queue(topology.conversation_events.dead_letter_name),
-        )
-
-
-async def message_count(queue: AbstractQueue) -> int:
-    # A fresh queue.declare each time: a queue object's declaration_result is the count at its first declare.
-    result = await queue.declare()
-    return result.message_count or 0
-
-
-def consumer_of(bus: Bus, handler: Callable[[MessageReceived], Awaitable[None]]) -> Consumer[MessageReceived]:
-    return Consumer(
-        bus.events, message_event_adapter.validate_json, handler, delivery_limit=DELIVERY_LIMIT, redelivery_delay=0.01
-    )
 
 
 async def test_a_message_whose_handler_keeps_failing_is_dead_lettered_not_redelivered_forever(

@@ -12,11 +12,13 @@ from aio_pika.abc import AbstractChannel, AbstractQueue
 from aiohttp import web
 
 from common.broker import BROKER, Topology
-from common.contracts import MessageStatus, MessageStatusChanged, SendMessage, message_event_adapter
+from common.contracts import MessageStatus, MessageStatusChanged, SendMessage
+from common.health import METRICS
 from common.provider import SendOutcome
 from sms_service.app import create_app
 from sms_service.settings import SmsSettings
 from tests.factories import eventually, send_message
+from tests.integration.bus import contracts_in
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +82,7 @@ async def drain(queue: AbstractQueue) -> list[Any]:
     contracts = []
     while (message := await queue.get(fail=False, timeout=5)) is not None:
         await message.ack()
-        contracts.append(message_event_adapter.validate_json(message.body))
+        contracts.extend(contracts_in(message))
     return contracts
 
 
@@ -152,8 +154,13 @@ async def test_a_consumer_works_on_up_to_its_prefetch_of_messages_at_once(
 
         await eventually(all_sent, "every message sent once the backoffs end")
         # Sent is not yet acked: a status still unconfirmed when the 0.2 s grace ends would have its send
-        # cancelled and its command put back. The events queue also holds the four commands.
-        await until_ready(inspector, topology.conversation_events.name, 2 * len(commands))
+        # cancelled and its command put back. Each status is counted once the broker confirmed it.
+        sent = runner.app[METRICS].messages_sent.labels(channel="sms")
+
+        async def all_confirmed() -> bool:
+            return sent._value.get() == len(commands)
+
+        await eventually(all_confirmed, "every status confirmed")
     finally:
         await runner.cleanup()
 

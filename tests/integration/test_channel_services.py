@@ -22,7 +22,6 @@ from common.contracts import (
     Channel,
     MessageStatus,
     MessageStatusChanged,
-    message_event_adapter,
 )
 from common.mock_provider import MOCK_STATE, MagicRecipients, MockBehaviour
 from email_service import mock_provider as email_mock
@@ -32,6 +31,7 @@ from sms_service import mock_provider as sms_mock
 from sms_service.app import create_app as create_sms_app
 from sms_service.settings import SmsSettings
 from tests.factories import OUR_EMAIL, OUR_PHONE, THEIR_EMAIL, THEIR_PHONE, send_message
+from tests.integration.bus import contracts_in
 
 pytestmark = pytest.mark.integration
 
@@ -125,12 +125,13 @@ class StatusWatcher:
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         async with message.process():
             try:
-                event = message_event_adapter.validate_json(message.body)
+                events = contracts_in(message)
             except ValidationError:
                 return
-            future = self._waiting.get(event.message_id)
-            if isinstance(event, MessageStatusChanged) and future is not None and not future.done():
-                future.set_result(event)
+            for event in events:
+                future = self._waiting.get(event.message_id)
+                if isinstance(event, MessageStatusChanged) and future is not None and not future.done():
+                    future.set_result(event)
 
 
 async def start(

@@ -1,0 +1,170 @@
+"""Bundles on the real RabbitMQ: what waits for a confirm goes together and every publisher hears the
+bundle's fate, a lone publish goes alone, and a consumer takes a bundle apart so that a contract
+that fails, or breaks the contract, goes its own way without its neighbours."""
+
+import asyncio
+import logging
+
+import aio_pika
+import pytest
+
+from common.broker import Publisher, QueueArguments, QueueFull, Topology, declare_topology
+from common.bundles import BUNDLE_SIZE_HEADER, BUNDLE_TYPE, bodies_in, bundle_of
+from common.contracts import MessageReceived, message_event_adapter
+from common.metrics import Metrics
+from tests.factories import eventually, message_received
+from tests.integration.bus import DELIVERY_LIMIT, Bus, consumer_of, message_count
+
+pytestmark = pytest.mark.integration
+
+
+def events(count: int) -> list[MessageReceived]:
+    return [message_received(provider_message_id=f"bundled-{number}") for number in range(count)]
+
+
+def bundling(bus: Bus, metrics: Metrics | None = None, limit: int = 64) -> Publisher:
+    return Publisher(bus.exchange, metrics, bundle_limit=limit, in_flight=1)
+
+
+async def test_what_waits_for_a_confirm_goes_as_one_bundle_and_a_lone_publish_alone(bus: Bus) -> None:
+    metrics = Metrics()
+    publisher = bundling(bus, metrics)
+    first, *rest = events(10)
+
+    # The first finds the slot free and goes at once; the nine after it wait for its confirm, together.
+    await asyncio.gather(publisher.publish(first), *(publisher.publish(event) for event in rest))
+
+    assert await message_count(bus.events) == 2
+    alone = await bus.events.get(timeout=5)
+    assert (alone.type, message_event_adapter.validate_json(alone.body)) == (first.kind, first)
+    bundle = await bus.events.get(timeout=5)
+    assert bundle.type == BUNDLE_TYPE
+    assert (bundle.headers or {})[BUNDLE_SIZE_HEADER] == 9
+    assert [message_event_adapter.validate_json(body) for body in bodies_in(bundle.body)] == rest
+    # Each publisher is counted once the broker confirmed its contract.
+    assert metrics.messages_accepted.labels(channel="sms", direction="inbound")._value.get() == 10
+    await alone.ack()
+    await bundle.ack()
+
+
+async def test_a_bundle_holds_no_more_than_its_limit(bus: Bus) -> None:
+    publisher = bundling(bus, limit=4)
+
+    await asyncio.gather(*(publisher.publish(event) for event in events(10)))
+
+    # One alone, then bundles of 4, 4 and 1 as the slot frees.
+    sizes = []
+    while (message := await bus.events.get(fail=False)) is not None:
+        sizes.append(len(bodies_in(message.body)))
+        await message.ack()
+    assert sizes == [1, 4, 4, 1]
+
+
+async def test_every_publisher_of_a_refused_bundle_is_told_the_queue_is_full(
+    amqp_url: str, broker_namespace: str
+) -> None:
+    topology = Topology(broker_namespace)
+    async with await aio_pika.connect(amqp_url) as connection:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        exchange = await declare_topology(channel, topology, QueueArguments(DELIVERY_LIMIT, max_length=1))
+        # A quorum queue refuses once it is over its limit: two fill one of a single message.
+        for event in events(2):
+            await Publisher(exchange).publish(event)
+        publisher = Publisher(exchange, bundle_limit=64, in_flight=1)
+
+        outcomes = await asyncio.gather(*(publisher.publish(event) for event in events(6)), return_exceptions=True)
+
+        # The first goes alone, the five after it as one bundle, refused as a whole: each told so.
+        assert all(isinstance(outcome, QueueFull) for outcome in outcomes), outcomes
+        assert len({id(outcome) for outcome in outcomes}) == 6
+        queue = await channel.get_queue(topology.conversation_events.name)
+        assert await message_count(queue) == 2
+
+
+async def test_a_consumer_handles_each_contract_of_a_bundle_once_and_acks_it(bus: Bus) -> None:
+    handled: list[MessageReceived] = []
+
+    async def stores(event: MessageReceived) -> None:
+        handled.append(event)
+
+    bundled = events(5)
+    await bus.channel.default_exchange.publish(bundle_of(bundled), routing_key=bus.events.name)
+    consumer = consumer_of(bus, stores, hand_back_to=bus.channel.default_exchange)
+    await consumer.start()
+    try:
+        await eventually(lambda: _is(len(handled) == 5), "the five handled")
+        await eventually(lambda: _queue_empty(bus), "the bundle acked")
+    finally:
+        await consumer.stop(grace_seconds=1)
+    assert sorted(handled, key=lambda event: event.provider_message_id) == bundled
+    assert await message_count(bus.dead_letters) == 0
+
+
+async def test_a_bundled_contract_whose_handler_fails_goes_back_alone_and_its_neighbours_are_not_repeated(
+    bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    bundled = events(4)
+    failing = bundled[2]
+    handled: list[MessageReceived] = []
+
+    async def fails_for_one(event: MessageReceived) -> None:
+        handled.append(event)
+        if event == failing:
+            raise RuntimeError("the database said no")
+
+    await bus.channel.default_exchange.publish(bundle_of(bundled), routing_key=bus.events.name)
+    consumer = consumer_of(bus, fails_for_one, hand_back_to=bus.channel.default_exchange)
+    await consumer.start()
+    try:
+        # Alone, it is redelivered and dead-lettered at the delivery limit like any message of its own.
+        await eventually(lambda: _count(bus.dead_letters, 1), "the failing contract dead-lettered")
+    finally:
+        await consumer.stop(grace_seconds=1)
+
+    assert [handled.count(event) for event in bundled] == [1, 1, 2 + DELIVERY_LIMIT, 1]
+    assert await message_count(bus.events) == 0
+    dead = await bus.dead_letters.get(timeout=5)
+    assert message_event_adapter.validate_json(dead.body) == failing
+    assert dead.message_id == str(failing.event_id)
+    [why] = [record for record in caplog.records if "bundled" in record.getMessage()]
+    assert (why.getMessage(), why.levelno) == (
+        "handler failed on a bundled message; it goes back to the queue alone",
+        logging.WARNING,
+    )
+
+
+async def test_a_bundled_body_that_breaks_the_contract_is_dead_lettered_alone(bus: Bus) -> None:
+    bundled = events(3)
+    poison = b'{"kind": "message_received", "not": "a contract"}'
+    message = bundle_of(bundled)
+    lines = bodies_in(message.body)
+    message.body = b"\n".join([lines[0], poison, *lines[1:]])
+    handled: list[MessageReceived] = []
+
+    async def stores(event: MessageReceived) -> None:
+        handled.append(event)
+
+    await bus.channel.default_exchange.publish(message, routing_key=bus.events.name)
+    consumer = consumer_of(bus, stores, hand_back_to=bus.channel.default_exchange)
+    await consumer.start()
+    try:
+        await eventually(lambda: _count(bus.dead_letters, 1), "the poison dead-lettered")
+        await eventually(lambda: _queue_empty(bus), "the bundle acked")
+    finally:
+        await consumer.stop(grace_seconds=1)
+
+    assert sorted(handled, key=lambda event: event.provider_message_id) == bundled
+    dead = await bus.dead_letters.get(timeout=5)
+    assert dead.body == poison
+
+
+async def _is(value: bool) -> bool:
+    return value
+
+
+async def _count(queue: aio_pika.abc.AbstractQueue, expected: int) -> bool:
+    return await message_count(queue) == expected
+
+
+async def _queue_empty(bus: Bus) -> bool:
+    return await message_count(bus.events) == 0
