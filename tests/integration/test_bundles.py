@@ -1,12 +1,15 @@
 """Bundles on the real RabbitMQ: what waits for a confirm goes together and every publisher hears the
 bundle's fate, a lone publish goes alone, and a consumer takes a bundle apart so that a contract
-that fails, or breaks the contract, goes its own way without its neighbours."""
+that fails, or breaks the contract, goes its own way without its neighbours; through the real
+gateway and conversation_service, a burst of webhooks travels in bundles and is stored once each."""
 
 import asyncio
 import logging
 
 import aio_pika
+import psycopg2
 import pytest
+from aiohttp.test_utils import TestClient
 
 from common.broker import Publisher, QueueArguments, QueueFull, Topology, declare_topology
 from common.bundles import BUNDLE_SIZE_HEADER, BUNDLE_TYPE, bodies_in, bundle_of
@@ -14,6 +17,7 @@ from common.contracts import MessageReceived, message_event_adapter
 from common.metrics import Metrics
 from tests.factories import eventually, message_received
 from tests.integration.bus import DELIVERY_LIMIT, Bus, consumer_of, message_count
+from tests.prometheus import scrape, value
 
 pytestmark = pytest.mark.integration
 
@@ -158,8 +162,43 @@ async def test_a_bundled_body_that_breaks_the_contract_is_dead_lettered_alone(bu
     assert dead.body == poison
 
 
-async def _is(value: bool) -> bool:
-    return value
+async def test_a_burst_of_webhooks_through_the_gateway_travels_in_bundles_and_is_stored_once_each(
+    gateway: TestClient, database_url: str
+) -> None:
+    burst = 40
+    webhooks = [
+        {
+            "from": "+18045551234",
+            "to": "+12016661234",
+            "type": "sms",
+            "messaging_provider_id": f"burst-{number}",
+            "body": f"reply {number}",
+            "timestamp": "2024-11-01T14:05:00Z",
+        }
+        for number in range(burst)
+    ]
+
+    answers = await asyncio.gather(*(gateway.post("/api/webhooks/sms", json=webhook) for webhook in webhooks))
+
+    assert [answer.status for answer in answers] == [202] * burst
+    samples = await scrape(gateway)
+    publishes = value(samples, "messaging_publish_bundle_size_count")
+    assert value(samples, "messaging_publish_bundle_size_sum") == burst
+    assert publishes < burst, "no webhook waited for another's confirm: nothing was bundled"
+
+    def stored() -> list[tuple[str, int]]:
+        with psycopg2.connect(database_url) as connection, connection.cursor() as cursor:
+            cursor.execute("SELECT provider_message_id, count(*) FROM messages GROUP BY 1 ORDER BY 1")
+            rows = cursor.fetchall()
+        connection.close()
+        return rows
+
+    await eventually(lambda: _is(len(stored()) == burst), "every webhook stored")
+    assert stored() == sorted((webhook["messaging_provider_id"], 1) for webhook in webhooks)
+
+
+async def _is(truth: bool) -> bool:
+    return truth
 
 
 async def _count(queue: aio_pika.abc.AbstractQueue, expected: int) -> bool:
