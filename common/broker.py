@@ -252,12 +252,13 @@ class Publisher:
         try:
             await self._confirm(message, routing_key, what)
         except BaseException as error:
+            # Any class: aiormq re-raises whatever closed the connection, a bare Exception included.
             unconfirmed = error if isinstance(error, BrokerUnavailable) else BrokerUnavailable(repr(error))
             for _, confirmed in bundle:
                 if not confirmed.done():
                     # One exception each: raised in several tasks, one would gather all their tracebacks.
                     confirmed.set_exception(_fresh(unconfirmed))
-            if not isinstance(error, BrokerUnavailable):
+            if not isinstance(error, Exception):
                 raise
             return
         for contract, confirmed in bundle:
