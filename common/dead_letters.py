@@ -3,7 +3,8 @@
     python -m common.dead_letters list   [--queue NAME] [--limit N]
     python -m common.dead_letters replay [--queue NAME] [--limit N] [--message-id ID]
 
-ID is the message id the API shows (`GET /api/messages/{id}`) or the event id a log line names.
+ID is the message id the API shows (`GET /api/messages/{id}`) or the event id a log line names; a
+bundle (common.bundles) that died whole is replayed whole by the id of any contract in it.
 
 NAME is a service queue as the topology names it without the namespace (`sms_service.outbound`);
 AMQP_URL and BROKER_NAMESPACE come from the environment (or `.env`), as for the services.
@@ -29,6 +30,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from common.broker import PUBLISH_TIMEOUT_SECONDS, QueueSpec, Topology, connect, copy_of
+from common.bundles import bodies_in, is_bundle
 from common.settings import ServiceSettings
 
 BODY_PREVIEW_CHARS = 200
@@ -58,6 +60,9 @@ class DeadLetter:
     deaths: tuple[Death, ...]
     delivery_count: int | None
     body_start: str
+    # A bundle's (common.bundles) contracts, by their message and event ids: the broker dead-letters a
+    # bundle whole (its consumer kept dying on it), and a replay finds it by any of them.
+    bundled_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,25 @@ def _message_id_in(body: bytes) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _bundled_ids(message: AbstractIncomingMessage) -> tuple[str, ...]:
+    if not is_bundle(message):
+        return ()
+    ids = []
+    for body in bodies_in(message.body):
+        try:
+            document = json.loads(body)
+        except ValueError:
+            continue
+        if isinstance(document, dict):
+            ids.extend(value for name in ("message_id", "event_id") if isinstance(value := document.get(name), str))
+    return tuple(ids)
+
+
+def _names(message: AbstractIncomingMessage, message_id: str) -> bool:
+    """Whether `message_id` (a message id or an event id) is this dead letter's, or one of its bundle's."""
+    return message_id in (message.message_id, _message_id_in(message.body), *_bundled_ids(message))
+
+
 def describe(message: AbstractIncomingMessage) -> DeadLetter:
     headers = dict(message.headers or {})
     deaths = _deaths(headers)
@@ -118,6 +142,7 @@ def describe(message: AbstractIncomingMessage) -> DeadLetter:
         deaths=deaths,
         delivery_count=delivery_count if isinstance(delivery_count, int) else None,
         body_start=message.body[:BODY_PREVIEW_CHARS].decode("utf-8", "replace"),
+        bundled_ids=_bundled_ids(message),
     )
 
 
@@ -179,7 +204,7 @@ async def replay_dead_letters(
                 message = await dead_letters.get(fail=False) if left != 0 else None
                 if message is None:
                     break
-                if message_id is not None and message_id not in (message.message_id, _message_id_in(message.body)):
+                if message_id is not None and not _names(message, message_id):
                     passed_over.append(message)
                     continue
                 await channel.default_exchange.publish(
@@ -209,6 +234,8 @@ def format_report(report: Sequence[DeadLetterQueue]) -> str:
                 f" (routing keys {', '.join(death.routing_keys)}; last {death.time})"
                 for death in letter.deaths
             )
+            if letter.bundled_ids:
+                lines.append(f"    bundled (message and event ids): {' '.join(letter.bundled_ids)}")
             lines.append(f"    body: {letter.body_start}")
     return "\n".join(lines)
 

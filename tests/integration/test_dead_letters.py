@@ -12,8 +12,9 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
 from common.broker import Consumer, Publisher, QueueArguments, Topology, declare_topology
+from common.bundles import bundle_of
 from common.contracts import MessageReceived, message_event_adapter
-from common.dead_letters import DeadLetter, DeadLetterQueue, list_dead_letters, replay_dead_letters
+from common.dead_letters import DeadLetter, DeadLetterQueue, format_report, list_dead_letters, replay_dead_letters
 from common.settings import ServiceSettings
 from tests.factories import eventually, message_received
 
@@ -237,3 +238,32 @@ async def test_the_command_line_lists_then_replays(parked: Parked) -> None:
         f"{EVENTS}: replayed 1",
     ]
     await until_stored(parked, [parked.failed])
+
+
+async def test_a_bundle_dead_lettered_whole_is_listed_with_its_ids_and_replayed_by_any_of_them(
+    parked: Parked,
+) -> None:
+    # The parked consumer cannot put a bundle's failures back apart (it has no exchange to), so the
+    # whole bundle goes back until the broker dead-letters it, as it would a bundle its consumer kept
+    # dying on.
+    bundled = [message_received(provider_message_id=f"bundled-{number}") for number in range(2)]
+    await parked.exchange.publish(bundle_of(bundled), routing_key="inbound.sms")
+    await until_dead_letters(parked, 3)
+
+    [events] = await list_dead_letters(parked.settings, queue=EVENTS)
+    [bundle] = [letter for letter in events.messages if letter.kind == "bundle"]
+    assert bundle.bundled_ids == tuple(
+        identifier for event in bundled for identifier in (str(event.message_id), str(event.event_id))
+    )
+    assert f"    bundled (message and event ids): {' '.join(bundle.bundled_ids)}" in format_report([events])
+
+    parked.store.fixed = True
+    replayed = await replay_dead_letters(parked.settings, message_id=str(bundled[1].message_id))
+
+    assert replayed == {"sms_service.outbound": 0, "email_service.outbound": 0, EVENTS: 1}
+    await eventually(lambda: _sorted_stored(parked, bundled), "both bundled events stored")
+    await until_dead_letters(parked, 2)
+
+
+async def _sorted_stored(parked: Parked, events: list[MessageReceived]) -> bool:
+    return sorted(parked.store.stored, key=lambda event: event.provider_message_id) == events
