@@ -1,6 +1,7 @@
 """The broker as the plumbing tests use it: a channel with confirms on the test's own topology, a
 publisher, and the conversation events queue and its dead letters to look into."""
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,17 @@ async def open_bus(amqp_url: str, broker_namespace: str) -> AsyncIterator[Bus]:
             await channel.get_queue(topology.conversation_events.name),
             await channel.get_queue(topology.conversation_events.dead_letter_name),
         )
+
+
+@contextlib.asynccontextmanager
+async def limited_queues(
+    amqp_url: str, broker_namespace: str, max_length: int
+) -> AsyncIterator[tuple[AbstractChannel, AbstractExchange]]:
+    """The test's topology with queues of `max_length` messages, and a channel with confirms on."""
+    async with await aio_pika.connect(amqp_url) as connection:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        arguments = QueueArguments(DELIVERY_LIMIT, max_length=max_length)
+        yield channel, await declare_topology(channel, Topology(broker_namespace), arguments)
 
 
 async def message_count(queue: AbstractQueue) -> int:

@@ -28,7 +28,7 @@ from common.contracts import MessageReceived, message_event_adapter
 from common.queue_migration import MigrationRefused, migrate
 from common.settings import ServiceSettings
 from tests.factories import eventually, message_received
-from tests.integration.bus import DELIVERY_LIMIT, Bus, consumer_of, message_count
+from tests.integration.bus import DELIVERY_LIMIT, Bus, consumer_of, limited_queues, message_count
 from tests.proxy import ProxyFactory
 
 pytestmark = pytest.mark.integration
@@ -314,9 +314,8 @@ async def test_a_publish_to_a_full_queue_is_refused_at_once_and_not_queued(
     amqp_url: str, broker_namespace: str
 ) -> None:
     topology = Topology(broker_namespace)
-    async with await aio_pika.connect(amqp_url) as connection:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        publisher = Publisher(await declare_topology(channel, topology, QueueArguments(DELIVERY_LIMIT, max_length=3)))
+    async with limited_queues(amqp_url, broker_namespace, max_length=3) as (channel, exchange):
+        publisher = Publisher(exchange)
         accepted: list[MessageReceived] = []
         # A quorum queue's limit is soft: it refuses once it is over it, so it may take one more.
         for _ in range(5):

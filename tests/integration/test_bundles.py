@@ -11,12 +11,12 @@ import psycopg2
 import pytest
 from aiohttp.test_utils import TestClient
 
-from common.broker import Publisher, QueueArguments, QueueFull, Topology, declare_topology
+from common.broker import Publisher, QueueFull, Topology
 from common.bundles import BUNDLE_SIZE_HEADER, BUNDLE_TYPE, bodies_in, bundle_of
 from common.contracts import MessageReceived, message_event_adapter
 from common.metrics import Metrics
 from tests.factories import eventually, message_received
-from tests.integration.bus import DELIVERY_LIMIT, Bus, consumer_of, message_count
+from tests.integration.bus import DELIVERY_LIMIT, Bus, consumer_of, limited_queues, message_count
 from tests.prometheus import scrape, value
 
 pytestmark = pytest.mark.integration
@@ -67,10 +67,7 @@ async def test_a_bundle_holds_no_more_than_its_limit(bus: Bus) -> None:
 async def test_every_publisher_of_a_refused_bundle_is_told_the_queue_is_full(
     amqp_url: str, broker_namespace: str
 ) -> None:
-    topology = Topology(broker_namespace)
-    async with await aio_pika.connect(amqp_url) as connection:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        exchange = await declare_topology(channel, topology, QueueArguments(DELIVERY_LIMIT, max_length=1))
+    async with limited_queues(amqp_url, broker_namespace, max_length=1) as (channel, exchange):
         # A quorum queue refuses once it is over its limit: two fill one of a single message.
         for event in events(2):
             await Publisher(exchange).publish(event)
@@ -81,7 +78,7 @@ async def test_every_publisher_of_a_refused_bundle_is_told_the_queue_is_full(
         # The first goes alone, the five after it as one bundle, refused as a whole: each told so.
         assert all(isinstance(outcome, QueueFull) for outcome in outcomes), outcomes
         assert len({id(outcome) for outcome in outcomes}) == 6
-        queue = await channel.get_queue(topology.conversation_events.name)
+        queue = await channel.get_queue(Topology(broker_namespace).conversation_events.name)
         assert await message_count(queue) == 2
 
 

@@ -49,9 +49,7 @@ def seeded(database_url: str, database_owner_url: str) -> str:
     first = seed(database_url, database_owner_url, "--messages", "3000", "--big", "600")
     second = seed(database_url, database_owner_url, "--messages", "1000")
     # Each run says which ids it took, and gives the first to its big conversation.
-    [first_last_id] = re.findall(
-        r"seeded 3,000 messages .* ids 1-(\d+), .* is conversation 1 \(600 messages\)", first
-    )
+    [first_last_id] = re.findall(r"seeded 3,000 messages .* ids 1-(\d+), .* is conversation 1 \(600 messages\)", first)
     assert re.search(
         rf"seeded 1,000 messages .* ids {int(first_last_id) + 1}-\d+, .* is conversation "
         rf"{int(first_last_id) + 1} \(100 messages\)",
