@@ -695,6 +695,8 @@ class Consumer(Generic[ContractT]):
                         mandatory=True,
                         timeout=PUBLISH_TIMEOUT_SECONDS,
                     )
+                if dead:
+                    self._metrics.dead_letters.labels(queue=self._queue.name, reason="contract").inc()
         except (
             aiormq.exceptions.AMQPError,
             aiormq.exceptions.ChannelInvalidStateError,
@@ -720,7 +722,6 @@ class Consumer(Generic[ContractT]):
                 "dead-lettering a bundled message that breaks the contract",
                 extra={**context, "errors": error.errors(include_url=False, include_context=False)},
             )
-            self._metrics.dead_letters.labels(queue=self._queue.name, reason="contract").inc()
             return unparsed_message(body), True
         # gather runs each in a task of its own, so this context is the contract's alone.
         request_context.correlation_id.set(getattr(contract, "correlation_id", None))

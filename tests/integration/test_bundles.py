@@ -146,7 +146,8 @@ async def test_a_bundled_body_that_breaks_the_contract_is_dead_lettered_alone(bu
         handled.append(event)
 
     await bus.channel.default_exchange.publish(message, routing_key=bus.events.name)
-    consumer = consumer_of(bus, stores, hand_back_to=bus.channel.default_exchange)
+    metrics = Metrics()
+    consumer = consumer_of(bus, stores, hand_back_to=bus.channel.default_exchange, metrics=metrics)
     await consumer.start()
     try:
         await eventually(lambda: _count(bus.dead_letters, 1), "the poison dead-lettered")
@@ -157,6 +158,7 @@ async def test_a_bundled_body_that_breaks_the_contract_is_dead_lettered_alone(bu
     assert sorted(handled, key=lambda event: event.provider_message_id) == bundled
     dead = await bus.dead_letters.get(timeout=5)
     assert dead.body == poison
+    assert metrics.dead_letters.labels(queue=bus.events.name, reason="contract")._value.get() == 1
 
 
 async def test_a_burst_of_webhooks_through_the_gateway_travels_in_bundles_and_is_stored_once_each(
