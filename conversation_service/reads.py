@@ -4,7 +4,7 @@ look exactly like ids that do not exist.
 A read is one statement, compiled once and prepared once per connection, and PostgreSQL writes the
 answer's JSON itself, in the shapes of common.conversations: Python neither parses the rows nor builds
 a model per row, and the gateway relays the bytes as they are. Only a page's envelope and its cursor
-are written here.
+are written here. Each message's JSON is written with its row (its `view`), so a page only gathers it.
 """
 
 import json
@@ -72,7 +72,9 @@ def _json_object(model: type[BaseModel], values: dict[str, Any]) -> sa.sql.Colum
     return sa.select(sa.func.row_to_json(sa.literal_column(row.name))).select_from(row).scalar_subquery()
 
 
-def _message_object(table: sa.sql.FromClause, model: type[MessageView] = MessageView, **more: Any) -> Any:
+def message_object(table: sa.sql.FromClause, model: type[MessageView] = MessageView, **more: Any) -> Any:
+    """A message as the API shows it. A page reads each message's `view` instead, the same JSON kept
+    in its row (migration 0006), which a test holds to this."""
     return _json_object(model, {name: table.c[name] for name in MessageView.model_fields} | more)
 
 
@@ -139,7 +141,7 @@ def _list_conversations(*, after_cursor: bool) -> Prepared:
             ),
             "channels": sa.select(_sorted_array(channel.c.channel)).select_from(channel).scalar_subquery(),
             "message_count": page.c.message_count,
-            "last_message": sa.case((last_message.c.id.is_(None), sa.null()), else_=_message_object(last_message)),
+            "last_message": last_message.c.view,
             "last_message_at": page.c.last_message_at,
             "created_at": page.c.created_at,
         },
@@ -161,7 +163,7 @@ def _list_messages(*, after_cursor: bool) -> Prepared:
     # one that is not there (or another account's).
     found = sa.exists().where(conversations.c.id == conversation_id, conversations.c.account_id == _ACCOUNT)
     return Prepared.of(
-        sa.select(found.label("found"), *_page_columns(page, _message_object(page), MessagePosition)).select_from(page)
+        sa.select(found.label("found"), *_page_columns(page, page.c.view, MessagePosition)).select_from(page)
     )
 
 
@@ -185,7 +187,7 @@ def _get_message() -> Prepared:
         .scalar_subquery()
     )
     return Prepared.of(
-        sa.select(_as_text(_message_object(messages, MessageDetail, history=changes), "message")).where(
+        sa.select(_as_text(message_object(messages, MessageDetail, history=changes), "message")).where(
             messages.c.id == sa.bindparam("message_id", type_=UUID), messages.c.account_id == _ACCOUNT
         )
     )

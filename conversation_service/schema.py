@@ -7,7 +7,7 @@ revision and is never used to create anything.
 from collections.abc import Iterable
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSON, JSONB, UUID
 
 from common.contracts import STATUS_RANK
 
@@ -125,6 +125,8 @@ messages = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("status_changed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    # The message as a page lists it, written by a trigger with every change of the row (migration 0006).
+    sa.Column("view", JSON, nullable=False),
     sa.CheckConstraint("direction IN ('inbound', 'outbound')", name="ck_messages_direction"),
     sa.CheckConstraint("type IN ('sms', 'mms', 'email')", name="ck_messages_type"),
     sa.CheckConstraint("status IN ('queued', 'sent', 'delivered', 'failed', 'received')", name="ck_messages_status"),

@@ -32,6 +32,7 @@ from common.errors import InvalidRequest, NotFound, ServiceUnavailable
 from conversation_service.database import connect
 from conversation_service.handlers import WriteOutcome
 from conversation_service.migrate import create_roles_and_database, drop_database
+from conversation_service.reads import message_object
 from conversation_service.repository import MessageRepository
 from conversation_service.schema import (
     accounts,
@@ -120,8 +121,9 @@ async def read_message(repository: MessageRepository, account_id: uuid.UUID, mes
 
 
 async def message_row(engine: Engine, message_id: uuid.UUID) -> dict[str, Any]:
+    """The message's stored facts; its `view`, derived from them, has a test of its own."""
     (row,) = [row for row in await rows(engine, messages) if row["id"] == message_id]
-    return row
+    return {name: value for name, value in row.items() if name != "view"}
 
 
 async def test_a_send_is_stored_queued_in_a_new_conversation(repository: MessageRepository, engine: Engine) -> None:
@@ -959,3 +961,33 @@ async def test_replicas_writing_overlapping_batches_make_one_conversation_per_pa
     assert [row["id"] for row in stored] == list(range(1, 13))
     assert {row["message_count"] for row in stored} == {3}
     assert {row["status"] for row in await rows(engine, messages)} == {"sent"}
+
+
+async def test_each_message_keeps_the_json_a_page_would_build_for_it(
+    repository: MessageRepository, engine: Engine
+) -> None:
+    """The `view` the trigger of migration 0006 writes, against the reads' own builder of a message:
+    a change to MessageView that no migration followed fails here."""
+    command = send_message(Channel.MMS, attachments=("https://example.com/a.png",))
+    failed = send_message(body="never sent")
+    await repository.store_outbound(command)
+    await repository.store_status(status_changed(command, MessageStatus.SENT, attempts=2))
+    await repository.store_receipt(delivery_reported(command))
+    await repository.store_outbound(failed)
+    await repository.store_status(status_changed(failed, MessageStatus.FAILED, error="provider answered HTTP 500"))
+    await repository.store_inbound(
+        message_received(body='quotes " and \\ and \u00e9', at=START.replace(microsecond=120000))
+    )
+
+    async with engine.acquire() as connection:
+        result = await connection.execute(
+            sa.select(
+                messages.c.status,
+                sa.cast(messages.c.view, sa.Text).label("kept"),
+                sa.cast(message_object(messages), sa.Text).label("built"),
+            )
+        )
+        kept = await result.fetchall()
+
+    assert sorted(row.status for row in kept) == ["delivered", "failed", "received"]
+    assert [row.kept for row in kept] == [row.built for row in kept]
