@@ -89,8 +89,9 @@ async def test_database_outage_loses_and_duplicates_nothing(harness: Harness, pr
     depths = await harness.queue_depths()
     assert set(depths.values()) == {0}, depths
     print(
-        f"\n200 stored before; 500 accepted during a {outage:.1f}s outage ({ready_during} left ready, "
-        f"{500 - ready_during} in hand); ready {recovered:.1f}s after, 700 stored once {drained:.1f}s after; "
+        f"\n200 stored before; 500 accepted during a {outage:.1f}s outage, as {published_during:.0f} messages "
+        f"({ready_during} left ready, {published_during - ready_during:.0f} in hand); ready {recovered:.1f}s after, "
+        f"700 stored once {drained:.1f}s after; "
         f"retry log lines: {conversation_service.log_count('database unreachable; retrying')}, "
         f"handler failures: {conversation_service.log_count('handler failed')}"
     )
