@@ -11,6 +11,7 @@ import time
 import aio_pika
 import aiormq
 import pytest
+from aio_pika.abc import AbstractQueue
 
 from common.broker import (
     MIGRATE_COMMAND,
@@ -227,7 +228,8 @@ async def test_a_delivery_still_in_hand_is_not_acked_with_the_ones_after_it(bus:
     assert rest_done == 4
     assert all(not multiple for _, multiple in sent), sent
     events = await (await bus.connection.channel()).get_queue(bus.events.name)
-    assert await message_count(events) == 1
+    # The broker puts the delivery in hand back once it has the channel's close, not before it answers.
+    await eventually(lambda: _counted(events, 1), "the first delivery back on its queue")
     left = await events.get(timeout=5)
     assert message_event_adapter.validate_json(left.body) == first
 
@@ -258,6 +260,10 @@ async def test_a_delivery_requeued_between_acked_ones_comes_again(bus: Bus) -> N
 
 async def _equal(actual: int, expected: int) -> bool:
     return actual == expected
+
+
+async def _counted(queue: AbstractQueue, expected: int) -> bool:
+    return await message_count(queue) == expected
 
 
 async def test_a_paused_consumer_hands_back_what_it_holds_uncounted_and_takes_it_again_on_resume(bus: Bus) -> None:
