@@ -4,7 +4,8 @@ look exactly like ids that do not exist.
 A read is one statement, compiled once and prepared once per connection, and PostgreSQL writes the
 answer's JSON itself, in the shapes of common.conversations: Python neither parses the rows nor builds
 a model per row, and the gateway relays the bytes as they are. Only a page's envelope and its cursor
-are written here. Each message's JSON is written with its row (its `view`), so a page only gathers it.
+are written here. Each message's and each conversation's JSON is written with its row (its `view`),
+so a page only gathers them.
 """
 
 import json
@@ -53,6 +54,11 @@ def _utc_text(value: sa.sql.ColumnElement) -> sa.sql.ColumnElement:
     return sa.func.replace(text, sa.literal_column("'.000000Z'"), sa.literal_column("'Z'"))
 
 
+def _sql_text(value: str) -> sa.sql.ColumnElement:
+    """A text constant written into the statement, not a parameter."""
+    return sa.literal_column("'" + value.replace("'", "''") + "'", sa.Text)
+
+
 def _json_object(model: type[BaseModel], values: dict[str, Any]) -> sa.sql.ColumnElement:
     """A JSON object of `model`'s fields, in its order and under the names it serializes them by.
 
@@ -79,8 +85,32 @@ def message_object(table: sa.sql.FromClause, model: type[MessageView] = MessageV
 
 
 def _sorted_array(values: sa.sql.ColumnElement) -> sa.sql.ColumnElement:
-    # UTF-8's byte order is code point order: how Python's sorted() orders the same strings.
-    return sa.func.coalesce(sa.func.json_agg(aggregate_order_by(values, values.collate("C"))), _EMPTY_ARRAY)
+    # UTF-8's byte order is code point order: how Python's sorted() orders the same strings. Through
+    # an ARRAY, whose JSON has no whitespace (json_agg's has), as pydantic writes it.
+    return sa.func.coalesce(
+        sa.func.array_to_json(sa.func.array_agg(aggregate_order_by(values, values.collate("C")))), _EMPTY_ARRAY
+    )
+
+
+def conversation_object(table: sa.sql.FromClause, last_message: sa.sql.ColumnElement) -> Any:
+    """A conversation as the API shows it, with `last_message`'s JSON. A page reads each conversation's
+    `view` instead, the same JSON kept in its row (migration 0007), which a test holds to this."""
+    channel = sa.func.unnest(table.c.channels).table_valued("channel").render_derived(name="channels")
+    return _json_object(
+        ConversationView,
+        {
+            "id": table.c.id,
+            # The key is the sorted participants joined: splitting it costs no lookup per conversation.
+            "participants": sa.func.array_to_json(
+                sa.func.string_to_array(table.c.participant_key, sa.literal(PARTICIPANT_SEPARATOR))
+            ),
+            "channels": sa.select(_sorted_array(channel.c.channel)).select_from(channel).scalar_subquery(),
+            "message_count": table.c.message_count,
+            "last_message": last_message,
+            "last_message_at": table.c.last_message_at,
+            "created_at": table.c.created_at,
+        },
+    )
 
 
 def _as_text(json_value: sa.sql.ColumnElement, name: str) -> sa.sql.ColumnElement:
@@ -105,17 +135,15 @@ def _numbered(rows: sa.sql.Select, order: tuple[sa.sql.ColumnElement, ...]) -> s
     )
 
 
-def _page_columns(page: sa.sql.Subquery, item: Any, position: type[Position]) -> list[sa.sql.ColumnElement]:
-    """The first `limit` rows of `page` as one JSON array, whether a row follows them, and the sort key
+def _page_columns(page: sa.sql.Subquery, position: type[Position]) -> list[sa.sql.ColumnElement]:
+    """The first `limit` rows' `view`s as one JSON array, whether a row follows them, and the sort key
     of the last one, for the next cursor."""
     last = page.c.n == _LIMIT
+    # Joined as text, which writes no whitespace between the items (json_agg does).
+    item = sa.cast(page.c.view, sa.Text)
+    items = sa.func.string_agg(item, aggregate_order_by(_sql_text(","), page.c.n)).filter(page.c.n <= _LIMIT)
     return [
-        _as_text(
-            sa.func.coalesce(
-                sa.func.json_agg(aggregate_order_by(item, page.c.n)).filter(page.c.n <= _LIMIT), _EMPTY_ARRAY
-            ),
-            "items_json",
-        ),
+        _sql_text("[").concat(sa.func.coalesce(items, _sql_text(""))).concat(_sql_text("]")).label("items_json"),
         (sa.func.count() > _LIMIT).label("more"),
         *(sa.func.max(page.c[name]).filter(last).label(f"cursor_{name}") for name in position.model_fields),
     ]
@@ -129,28 +157,7 @@ def _list_conversations(*, after_cursor: bool) -> Prepared:
             sa.tuple_(conversations.c.last_message_at, conversations.c.id) < _after(conversations, ConversationPosition)
         )
     page = _numbered(rows, order)
-    last_message = messages.alias("last_message")
-    channel = sa.func.unnest(page.c.channels).table_valued("channel").render_derived(name="channels")
-    conversation = _json_object(
-        ConversationView,
-        {
-            "id": page.c.id,
-            # The key is the sorted participants joined: splitting it costs no lookup per conversation.
-            "participants": sa.func.array_to_json(
-                sa.func.string_to_array(page.c.participant_key, sa.literal(PARTICIPANT_SEPARATOR))
-            ),
-            "channels": sa.select(_sorted_array(channel.c.channel)).select_from(channel).scalar_subquery(),
-            "message_count": page.c.message_count,
-            "last_message": last_message.c.view,
-            "last_message_at": page.c.last_message_at,
-            "created_at": page.c.created_at,
-        },
-    )
-    return Prepared.of(
-        sa.select(*_page_columns(page, conversation, ConversationPosition)).select_from(
-            page.outerjoin(last_message, last_message.c.id == page.c.last_message_id)
-        )
-    )
+    return Prepared.of(sa.select(*_page_columns(page, ConversationPosition)).select_from(page))
 
 
 def _list_messages(*, after_cursor: bool) -> Prepared:
@@ -162,9 +169,7 @@ def _list_messages(*, after_cursor: bool) -> Prepared:
     # In the same statement, so that an empty page tells a conversation without these messages from
     # one that is not there (or another account's).
     found = sa.exists().where(conversations.c.id == conversation_id, conversations.c.account_id == _ACCOUNT)
-    return Prepared.of(
-        sa.select(found.label("found"), *_page_columns(page, page.c.view, MessagePosition)).select_from(page)
-    )
+    return Prepared.of(sa.select(found.label("found"), *_page_columns(page, MessagePosition)).select_from(page))
 
 
 def _get_message() -> Prepared:

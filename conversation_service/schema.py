@@ -74,6 +74,9 @@ conversations = sa.Table(
     sa.Column("last_message_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    # The conversation as a page lists it, written by a trigger with every change of the row or of its
+    # last message (migration 0007).
+    sa.Column("view", JSON, nullable=False),
     sa.UniqueConstraint("account_id", "participant_key"),
     sa.Index("ix_conversations_account_activity", "account_id", sa.text("last_message_at DESC"), sa.text("id DESC")),
 )

@@ -32,7 +32,7 @@ from common.errors import InvalidRequest, NotFound, ServiceUnavailable
 from conversation_service.database import connect
 from conversation_service.handlers import WriteOutcome
 from conversation_service.migrate import create_roles_and_database, drop_database
-from conversation_service.reads import message_object
+from conversation_service.reads import conversation_object, message_object
 from conversation_service.repository import MessageRepository
 from conversation_service.schema import (
     accounts,
@@ -991,3 +991,43 @@ async def test_each_message_keeps_the_json_a_page_would_build_for_it(
 
     assert sorted(row.status for row in kept) == ["delivered", "failed", "received"]
     assert [row.kept for row in kept] == [row.built for row in kept]
+
+
+async def test_each_conversation_keeps_the_json_a_page_would_build_for_it(
+    repository: MessageRepository, engine: Engine
+) -> None:
+    """The `view` the triggers of migration 0007 write, against the reads' own builder, through new
+    messages and a status of the last one and of an earlier one: a change to ConversationView that
+    no migration followed fails here. A page is what the contract writes itself, byte for byte."""
+    sms = send_message()
+    mms = send_message(Channel.MMS, attachments=("https://example.com/a.png",))
+    await repository.store_outbound(sms)
+    await repository.store_outbound(mms)
+    await repository.store_status(status_changed(mms, MessageStatus.SENT, attempts=2))
+    await repository.store_status(status_changed(sms, MessageStatus.FAILED, error="provider answered HTTP 500"))
+    await repository.store_inbound(message_received(Channel.EMAIL, at=START.replace(microsecond=120000)))
+
+    last_message = (
+        sa.select(messages.c.view)
+        .where(messages.c.id == conversations.c.last_message_id)
+        .correlate(conversations)
+        .scalar_subquery()
+    )
+    async with engine.acquire() as connection:
+        result = await connection.execute(
+            sa.select(
+                conversations.c.channels,
+                sa.cast(conversations.c.view, sa.Text).label("kept"),
+                sa.cast(conversation_object(conversations, last_message), sa.Text).label("built"),
+            ).order_by(conversations.c.id)
+        )
+        kept = await result.fetchall()
+    page = await repository.list_conversations(DEVELOPMENT_ACCOUNT_ID, limit=10)
+
+    assert [row.channels for row in kept] == [["sms", "mms"], ["email"]]
+    assert [row.kept for row in kept] == [row.built for row in kept]
+    assert [c.last_message.status for c in ConversationList.model_validate_json(page).conversations] == [
+        MessageStatus.RECEIVED,
+        MessageStatus.SENT,
+    ]
+    assert page == ConversationList.model_validate_json(page).model_dump_json(by_alias=True).encode()
