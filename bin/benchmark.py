@@ -4,7 +4,9 @@ Scenarios (--scenarios, all by default):
   ingest         N inbound SMS webhooks at C in flight, timed until the last one is a row in
                  PostgreSQL; run alternately with the reference, ../shared/bench/naive_pipeline.py (the
                  same pipeline written plainly, which this starts itself in MODE=batch on its own
-                 port and database), for --rounds rounds, and the ratio of each round.
+                 port and database), for --rounds rounds, and the ratio of each round. Each side
+                 first takes --warmup webhooks, unmeasured: a stack just started has its address
+                 owners and its pool's connections still to fetch.
   sends          N sends, timed until every one is `sent` (or already `delivered`) in the messages table.
   conversations  GET /api/conversations?limit=50 and the pages its cursors lead to, 16 connections.
   messages       the same over the pages of the largest conversation's messages.
@@ -532,6 +534,9 @@ def main() -> None:
     parser.add_argument("--webhooks", type=int, default=5000, help="webhooks per ingest run (default 5000)")
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight for writes (default 64)")
     parser.add_argument("--rounds", type=int, default=3, help="ingest runs of the project and the reference each")
+    parser.add_argument(
+        "--warmup", type=int, default=1000, help="webhooks each side takes, unmeasured, before the ingest rounds"
+    )
     parser.add_argument("--sends", type=int, default=2500, help="sends in the sends scenario (default 2500)")
     parser.add_argument("--connections", type=int, default=16, help="connections for reads (default 16)")
     parser.add_argument("--seconds", type=int, default=15, help="duration of each read scenario")
@@ -607,6 +612,12 @@ def main() -> None:
                 columns.insert(-2, "reference")
                 ratios = []
                 webhooks = f"{arguments.webhooks:,} webhooks at {arguments.concurrency} in flight"
+                if arguments.warmup:
+                    for url, count, target, measured_groups in (
+                        (base_url, "seq", dsn, groups),
+                        (reference.url, "id", reference.dsn, reference_groups),
+                    ):
+                        write("warm-up", url, WEBHOOK, arguments.warmup, count, target, measured_groups)
                 for number in range(1, arguments.rounds + 1):
                     ours = write(
                         f"{webhooks}, project ({number})", base_url, WEBHOOK, arguments.webhooks, "seq", dsn, groups
