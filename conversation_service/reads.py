@@ -35,8 +35,14 @@ from conversation_service.schema import (
     messages,
 )
 
+
+def _sql_text(value: str) -> sa.sql.ColumnElement:
+    """A text constant written into the statement, not a parameter."""
+    return sa.literal_column("'" + value.replace("'", "''") + "'", sa.Text)
+
+
 _EMPTY_ARRAY = sa.literal_column("'[]'::json")
-_MICROSECONDS = sa.literal_column("""'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'""")
+_MICROSECONDS = _sql_text('YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
 
 _ACCOUNT = sa.bindparam("account", type_=UUID)
 _LIMIT = sa.bindparam("limit", type_=sa.Integer)
@@ -50,13 +56,8 @@ def _utc_text(value: sa.sql.ColumnElement) -> sa.sql.ColumnElement:
 
     Testing the value for a fraction took PostgreSQL a fifth to a half of the conversations page's
     time; dropping a zero fraction from the text costs next to nothing."""
-    text = sa.func.to_char(sa.func.timezone(sa.literal_column("'UTC'"), value), _MICROSECONDS)
-    return sa.func.replace(text, sa.literal_column("'.000000Z'"), sa.literal_column("'Z'"))
-
-
-def _sql_text(value: str) -> sa.sql.ColumnElement:
-    """A text constant written into the statement, not a parameter."""
-    return sa.literal_column("'" + value.replace("'", "''") + "'", sa.Text)
+    text = sa.func.to_char(sa.func.timezone(_sql_text("UTC"), value), _MICROSECONDS)
+    return sa.func.replace(text, _sql_text(".000000Z"), _sql_text("Z"))
 
 
 def _json_object(model: type[BaseModel], values: dict[str, Any]) -> sa.sql.ColumnElement:

@@ -15,7 +15,7 @@ from collections import Counter
 import pytest
 
 from conversation_service.database import Database, connect, event_loop
-from tests.proxy import PauseMode, ProxyFactory, TcpProxy
+from tests.proxy import PauseMode, ProxyFactory
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -74,7 +74,8 @@ async def test_connections_reset_again_and_again_cost_only_retries(database_url:
         await _written_since(writers, 0, BACK_WITHIN_SECONDS)
         for _ in range(RESETS):
             await asyncio.sleep(0.5)
-            _reset_all(proxy)
+            # Every open connection reset, and new ones reset as they come, like a server restarting.
+            proxy.pause(PauseMode.REFUSE)
             await asyncio.sleep(0.5)
             proxy.resume()
         back_after = await _written_since(writers, writers.written, BACK_WITHIN_SECONDS)
@@ -84,8 +85,3 @@ async def test_connections_reset_again_and_again_cost_only_retries(database_url:
 
     assert dict(writers.errors) == {}
     assert back_after < BACK_WITHIN_SECONDS
-
-
-def _reset_all(proxy: TcpProxy) -> None:
-    # Every open connection reset, and new ones reset as they come, like a server restarting.
-    proxy.pause(PauseMode.REFUSE)
