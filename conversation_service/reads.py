@@ -13,13 +13,12 @@ import uuid
 from typing import Any
 
 import sqlalchemy as sa
-from aiopg.sa.result import RowProxy
 from pydantic import BaseModel
 from sqlalchemy.dialects.postgresql import UUID, aggregate_order_by
 
 from common.conversations import ConversationView, MessageDetail, MessageView, StatusChange
 from common.errors import NotFound
-from conversation_service.database import Database, Prepared
+from conversation_service.database import Database, Prepared, Row
 from conversation_service.pagination import (
     ConversationPosition,
     MessagePosition,
@@ -215,11 +214,12 @@ def _page_parameters(account_id: uuid.UUID, limit: int, after: Position | None, 
     }
 
 
-def _next_cursor(page: RowProxy, position: type[Position]) -> str:
+def _next_cursor(page: Row, position: type[Position]) -> str:
     """The cursor as JSON: null when the page is the last."""
     if not page.more:
         return "null"
-    return json.dumps(encode_cursor(position(**{name: page[f"cursor_{name}"] for name in position.model_fields})))
+    last = position(**{name: getattr(page, f"cursor_{name}") for name in position.model_fields})
+    return json.dumps(encode_cursor(last))
 
 
 def _json_body(**members: str) -> bytes:

@@ -29,7 +29,6 @@ from typing import Any, assert_never
 
 import sqlalchemy as sa
 from aiopg.sa import SAConnection
-from aiopg.sa.result import RowProxy
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
@@ -44,7 +43,7 @@ from common.contracts import (
     MessageStatusChanged,
     SendMessage,
 )
-from conversation_service.database import Database, Prepared
+from conversation_service.database import Database, Prepared, Row
 from conversation_service.handlers import WriteOutcome
 from conversation_service.schema import (
     OUTCOME_FIRST,
@@ -140,7 +139,7 @@ async def _record_round(
         if statuses:
             # Receipts that came before the status, waiting for the send's answer to be checked against.
             pending = await _TAKE_PENDING_RECEIPTS.execute(connection, {"message_ids": statuses})
-            await _settle_receipts(connection, [dict(receipt) for receipt in pending], receipt_clock_skew_seconds)
+            await _settle_receipts(connection, [receipt._asdict() for receipt in pending], receipt_clock_skew_seconds)
     receipts = [(index, event) for index, event in enumerate(events) if isinstance(event, DeliveryReported)]
     if receipts:
         recorded = await _record_receipts(
@@ -561,7 +560,7 @@ async def _settle_receipts(
     return outcomes
 
 
-def _receipt_misfit(send: RowProxy, receipt: dict[str, Any]) -> str | None:
+def _receipt_misfit(send: Row, receipt: dict[str, Any]) -> str | None:
     """Why `receipt` cannot be about `send`, or None if it can."""
     if send.direction != Direction.OUTBOUND:
         return "it names a message we received, not one we sent"

@@ -20,6 +20,21 @@ from conversation_service.repository import MessageRepository
 from tests.factories import eventually, send_message
 
 
+class AnsweringCursor:
+    """Every statement on it answers nothing."""
+
+    description = None
+
+    async def __aenter__(self) -> "AnsweringCursor":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    async def execute(self, sql: str, params: dict[str, Any]) -> None:
+        return None
+
+
 class AnsweringConnection:
     """A connection to a database that has everything already: every write is a replay."""
 
@@ -34,15 +49,11 @@ class AnsweringConnection:
 
     @property
     def connection(self) -> "AnsweringConnection":
-        """What statements are prepared on."""
+        """The driver's connection, which prepared statements run on."""
         return self
 
-    async def execute(self, sql: str, params: dict[str, Any]) -> None:
-        """A PREPARE: it answers nothing."""
-        return None
-
-    async def scalar(self, sql: str, params: dict[str, Any]) -> None:
-        return None
+    def cursor(self, **options: Any) -> AnsweringCursor:
+        return AnsweringCursor()
 
 
 class OutageEngine:
