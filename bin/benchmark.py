@@ -8,7 +8,11 @@ Scenarios (--scenarios, all by default):
                  first takes --warmup webhooks, unmeasured: a stack just started has its address
                  owners and its pool's connections still to fetch.
   sends          N sends, timed until every one is `sent` (or already `delivered`) in the messages table.
-  conversations  GET /api/conversations?limit=50 and the pages its cursors lead to, 16 connections.
+  conversations  GET /api/conversations?limit=50 and the pages its cursors lead to, 16 connections;
+                 run alternately with the floor, bin/read_floor.py (the same pages through the same
+                 two hops, libraries and statements, with none of the stack's own code), which this
+                 starts itself on --floor-port and the next port, for --read-rounds rounds, and the
+                 ratio of each round.
   messages       the same over the pages of the largest conversation's messages.
 
 wrk (`apt-get install -y wrk`) loads every scenario, the writes with ../shared/bench/ingest.py's
@@ -17,7 +21,7 @@ conversation of a tenth of that (100,000 at most). For each scenario the table g
 p50 and p99 latency, the load generator's own CPU (share of one core: near 100% it, not the stack,
 is the limit), and CPU seconds per 1,000 messages (or requests) of every process: the stack's (the
 supervisor and its children, found from the process listening on the gateway's port), the
-reference's, PostgreSQL's (its background processes and the backends of the database measured)
+reference's, the floor's, PostgreSQL's (its background processes and the backends of the database measured)
 and RabbitMQ's (whole: on a machine others use, it includes their work), from utime+stime, and
 that of reaped children, in /proc/<pid>/stat before and after. Its last row is each column's peak
 RSS (VmHWM, the largest process of the column). Every run adds its messages to the databases.
@@ -355,6 +359,43 @@ class Reference:
         return Group("reference", (self.process.pid,))
 
 
+class ReadFloor:
+    """bin/read_floor.py's relay and reader, on the stack's database with its runtime role: the pages'
+    floor, the same hops, libraries and statements without the stack's own code."""
+
+    def __init__(self, relay_port: int, database_url: str, pool_size: int) -> None:
+        self.url = f"http://127.0.0.1:{relay_port}"
+        script = [sys.executable, str(ROOT / "bin" / "read_floor.py")]
+        reader = ["--port", str(relay_port + 1), "--database-url", database_url, "--pool-size", str(pool_size)]
+        self._commands = [
+            [*script, "reader", *reader],
+            [*script, "relay", "--port", str(relay_port), "--upstream", f"http://127.0.0.1:{relay_port + 1}"],
+        ]
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> "ReadFloor":
+        probe = f"{self.url}/api/conversations?limit=1"
+        if _answers(probe):
+            raise SystemExit(f"something already answers on {self.url}: pick another --floor-port")
+        self.processes = [subprocess.Popen(command, stdout=subprocess.DEVNULL) for command in self._commands]
+        deadline = time.monotonic() + 30
+        while not _answers(probe):
+            if any(process.poll() is not None for process in self.processes) or time.monotonic() > deadline:
+                self.__exit__()
+                raise SystemExit(f"the read floor (bin/read_floor.py) did not start on {self.url}")
+            time.sleep(0.2)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for process in self.processes:
+            process.terminate()
+            process.wait(timeout=10)
+
+    @property
+    def group(self) -> Group:
+        return Group("floor", tuple(process.pid for process in self.processes))
+
+
 def say(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
@@ -553,6 +594,8 @@ def main() -> None:
     )
     parser.add_argument("--reference-port", type=int, default=8090)
     parser.add_argument("--reference-database", default="naive", help="created if missing (default naive)")
+    parser.add_argument("--read-rounds", type=int, default=2, help="runs of each read scenario and of its floor")
+    parser.add_argument("--floor-port", type=int, default=8094, help="the read floor's relay; its reader the next")
     arguments = parser.parse_args()
     scenarios = [name.strip() for name in arguments.scenarios.split(",") if name.strip()]
     if unknown := set(scenarios) - set(SCENARIOS):
@@ -639,23 +682,39 @@ def main() -> None:
             rows.append(
                 write(f"{arguments.sends:,} sends reaching `sent`", base_url, SEND, arguments.sends, "seq", dsn, groups)
             )
-        for scenario in [name for name in ("conversations", "messages") if name in scenarios]:
-            if scenario == "conversations":
-                first, key, title = f"/api/conversations?limit={PAGE}", "conversations", "conversations"
-            else:
-                first, key = f"/api/conversations/{big_id}/messages?limit={PAGE}", "messages"
-                title = f"messages of a {big_size:,}-message conversation"
-            say(f"{scenario}: following the cursors of up to {arguments.pages} pages...")
-            paths = page_paths(base_url, first, key, arguments.pages)
-            command = read_command(base_url, paths, arguments.connections, arguments.seconds, script_dir)
-            row = measured(
-                f"a {PAGE}-item page of {title}, {stored:,} stored ({len(paths)} pages, "
-                f"{arguments.connections} connections)",
-                groups,
-                command,
-                timeout=arguments.seconds + 30,
-            )
-            rows.append(row)
+        reads = [name for name in ("conversations", "messages") if name in scenarios]
+        if reads:
+            with ReadFloor(arguments.floor_port, database.database_url, database.database_pool_size) as floor:
+                columns.insert(-2, "floor")
+                floor_groups = [floor.group, groups[-2]]
+                for scenario in reads:
+                    if scenario == "conversations":
+                        first, key, title = f"/api/conversations?limit={PAGE}", "conversations", "conversations"
+                    else:
+                        first, key = f"/api/conversations/{big_id}/messages?limit={PAGE}", "messages"
+                        title = f"messages of a {big_size:,}-message conversation"
+                    say(f"{scenario}: following the cursors of up to {arguments.pages} pages...")
+                    paths = page_paths(base_url, first, key, arguments.pages)
+                    pages = f"a {PAGE}-item page of {title}, {stored:,} stored ({len(paths)} pages, "
+                    pages += f"{arguments.connections} connections)"
+                    ratios = []
+                    for number in range(1, arguments.read_rounds + 1):
+                        ours, bare = (
+                            measured(
+                                f"{pages}, {side} ({number})",
+                                measured_groups,
+                                read_command(url, paths, arguments.connections, arguments.seconds, script_dir),
+                                timeout=arguments.seconds + 30,
+                            )
+                            for side, url, measured_groups in (
+                                ("project", base_url, groups),
+                                ("floor", floor.url, floor_groups),
+                            )
+                        )
+                        rows += [ours, bare]
+                        ratios.append(float(ours.rate) / float(bare.rate))
+                    rows.append(Row(f"{scenario} ratio, project / floor", ", ".join(f"{r:.2f}x" for r in ratios)))
+                rss.update(peak_rss_mib([floor.group]))
     rss.update(peak_rss_mib(groups))
     print(
         f"{time.strftime('%Y-%m-%d %H:%M %Z')}, {os.cpu_count()} cores; CPU in seconds per 1,000 messages or requests"
