@@ -201,11 +201,23 @@ class Harness:
     # Probes: straight to PostgreSQL, RabbitMQ and the mocks, never through a test's proxy.
 
     def query(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
-        with psycopg2.connect(self.database_url) as connection, connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            rows = cursor.fetchall()
-        connection.close()
+        [rows] = self.snapshot((sql, params))
         return rows
+
+    def snapshot(self, *statements: tuple[str, Any]) -> list[list[tuple[Any, ...]]]:
+        """Each (sql, params)'s rows, all read in one snapshot: a batch that commits between two of
+        them is in both or in neither."""
+        connection = psycopg2.connect(self.database_url)
+        try:
+            connection.set_session(isolation_level="REPEATABLE READ", readonly=True)
+            with connection, connection.cursor() as cursor:
+                results = []
+                for sql, params in statements:
+                    cursor.execute(sql, params)
+                    results.append(cursor.fetchall())
+                return results
+        finally:
+            connection.close()
 
     async def stored_count(self) -> int:
         return (await asyncio.to_thread(self.query, "SELECT count(*) FROM messages"))[0][0]

@@ -181,10 +181,15 @@ class StoreReport:
 
 
 def store_report(harness: Harness) -> StoreReport:
-    rows = harness.query("SELECT id::text, direction, provider_message_id, status FROM messages")
-    per_conversation = harness.query(
-        "SELECT c.id, c.message_count, count(m.id) FROM conversations c "
-        "LEFT JOIN messages m ON m.conversation_id = c.id GROUP BY c.id, c.message_count"
+    # One snapshot: a batch stored between two separate reads made the conversations' counts
+    # disagree with the messages read a moment before.
+    rows, per_conversation = harness.snapshot(
+        ("SELECT id::text, direction, provider_message_id, status FROM messages", None),
+        (
+            "SELECT c.id, c.message_count, count(m.id) FROM conversations c "
+            "LEFT JOIN messages m ON m.conversation_id = c.id GROUP BY c.id, c.message_count",
+            None,
+        ),
     )
     return StoreReport(
         rows_by_provider_id=Counter(pid for _, direction, pid, _ in rows if direction == "inbound"),
