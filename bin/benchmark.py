@@ -686,7 +686,8 @@ def main() -> None:
         if reads:
             with ReadFloor(arguments.floor_port, database.database_url, database.database_pool_size) as floor:
                 columns.insert(-2, "floor")
-                floor_groups = [floor.group, groups[-2]]
+                postgres = groups[-2]
+                floor_groups = [floor.group, postgres]
                 for scenario in reads:
                     if scenario == "conversations":
                         first, key, title = f"/api/conversations?limit={PAGE}", "conversations", "conversations"
